@@ -1,0 +1,38 @@
+"""Fake (meta) kernels of the native ops, so they trace under torch.compile."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+STATS_WIDTH = 13
+METRICS_WIDTH = 14
+ROW_WIDTH = 3
+
+
+@torch.library.register_fake("accdump::tensor_stats")
+def _tensor_stats_fake(x: torch.Tensor) -> torch.Tensor:
+    return x.new_empty((STATS_WIDTH,), dtype=torch.float64)
+
+
+@torch.library.register_fake("accdump::tensor_stats_multi")
+def _tensor_stats_multi_fake(xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    return xs[0].new_empty((len(xs), STATS_WIDTH), dtype=torch.float64)
+
+
+@torch.library.register_fake("accdump::compare_metrics")
+def _compare_metrics_fake(
+    a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float, eps: float
+) -> torch.Tensor:
+    torch._check(a.shape == b.shape, lambda: "accdump.compare_metrics: a and b must have the same shape")
+    return a.new_empty((METRICS_WIDTH,), dtype=torch.float64)
+
+
+@torch.library.register_fake("accdump::rowwise_metrics")
+def _rowwise_metrics_fake(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    torch._check(a.shape == b.shape, lambda: "accdump.rowwise_metrics: a and b must have the same shape")
+    rows = 1
+    for s in a.shape[:-1]:
+        rows *= s
+    return a.new_empty((rows, ROW_WIDTH), dtype=torch.float64)

@@ -1,0 +1,1 @@
+"""The `accdump` command line."""

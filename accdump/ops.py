@@ -1,0 +1,301 @@
+"""The public numerics API: tensor statistics and pairwise metrics.
+
+Each op runs the native kernel (accdump._C) when it is built for the tensor's device and the
+pure-PyTorch reference (accdump.reference) otherwise. `*_raw` functions return the float64
+vector on the input's device without synchronising; the others return small dataclasses.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Literal
+
+import torch
+
+from accdump import _native, reference
+from accdump.errors import NativeUnavailableError, OpInputError
+
+Backend = Literal["auto", "native", "reference"]
+
+_FLOAT_DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+_FLOAT8_NAMES = ["float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz"]
+METRICS_DTYPES: frozenset[torch.dtype] = frozenset(
+    _FLOAT_DTYPES + [getattr(torch, n) for n in _FLOAT8_NAMES if hasattr(torch, n)]
+)
+_OTHER_STATS_NAMES = ["float8_e8m0fnu", "float4_e2m1fn_x2", "uint16", "uint32", "uint64"]
+STATS_DTYPES: frozenset[torch.dtype] = METRICS_DTYPES | frozenset(
+    [torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64]
+    + [getattr(torch, n) for n in _OTHER_STATS_NAMES if hasattr(torch, n)]
+)
+
+DEFAULT_ATOL = 1e-8
+DEFAULT_RTOL = 1e-5
+DEFAULT_EPS = 1e-12
+
+
+def native_available(device_type: str = "cpu") -> bool:
+    """True when accdump._C is loaded and has kernels for `device_type`."""
+    return _native.has_kernel(device_type)
+
+
+def backend_reason() -> str:
+    """One line saying whether the native extension is in use, and if not, why."""
+    return _native.reason()
+
+
+def _use_native(backend: Backend, device: torch.device, op: str) -> bool:
+    if backend == "reference":
+        return False
+    ok = _native.has_kernel(device.type)
+    if backend == "native" and not ok:
+        raise NativeUnavailableError(
+            f"accdump.{op}: no native kernel for {device.type} tensors ({_native.reason()})"
+        )
+    return ok
+
+
+def _check_dtype(t: torch.Tensor, allowed: frozenset[torch.dtype], op: str, arg: str) -> None:
+    if t.dtype not in allowed:
+        kinds = "floating" if allowed is METRICS_DTYPES else "real floating, float8, float4, integer or bool"
+        raise OpInputError(f"accdump.{op}: {arg} has dtype {t.dtype}, expected a {kinds} dtype")
+    if t.device.type == "meta":
+        raise OpInputError(f"accdump.{op}: {arg} is on the meta device and holds no data")
+
+
+def _check_pair(a: torch.Tensor, b: torch.Tensor, op: str) -> None:
+    if a.shape != b.shape:
+        raise OpInputError(
+            f"accdump.{op}: a and b must have the same shape, got {list(a.shape)} and {list(b.shape)}"
+        )
+    if a.device != b.device:
+        raise OpInputError(f"accdump.{op}: a and b must be on the same device, got {a.device} and {b.device}")
+    _check_dtype(a, METRICS_DTYPES, op, "a")
+    _check_dtype(b, METRICS_DTYPES, op, "b")
+
+
+# --- statistics -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TensorStats:
+    """Statistics of one tensor. min..l2norm ignore NaN and Inf; std is the population std."""
+
+    count: int
+    nan: int
+    posinf: int
+    neginf: int
+    zeros: int
+    min: float
+    max: float
+    sum: float
+    mean: float
+    std: float
+    absmax: float
+    l2norm: float
+    min_abs_nonzero: float
+
+    @classmethod
+    def from_vector(cls, v: Sequence[float]) -> TensorStats:
+        vals = [float(x) for x in v]
+        return cls(*(int(x) for x in vals[:5]), *vals[5:])  # type: ignore[arg-type]
+
+    @property
+    def finite(self) -> int:
+        return self.count - self.nan - self.posinf - self.neginf
+
+
+STATS_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(TensorStats))
+
+
+def tensor_stats_raw(x: torch.Tensor, backend: Backend = "auto") -> torch.Tensor:
+    """float64[13] statistics of `x` on x's device (see TensorStats for the order); no host sync."""
+    _check_dtype(x, STATS_DTYPES, "tensor_stats", "x")
+    if x.is_complex():
+        raise OpInputError("accdump.tensor_stats: x is complex; take .real / .imag first")
+    if _use_native(backend, x.device, "tensor_stats"):
+        return torch.ops.accdump.tensor_stats.default(x)
+    return reference.tensor_stats(x)
+
+
+def tensor_stats_multi_raw(xs: Sequence[torch.Tensor], backend: Backend = "auto") -> torch.Tensor:
+    """float64[N, 13] statistics of each tensor; on CUDA one launch for the whole list."""
+    xs = list(xs)
+    if not xs:
+        return torch.empty((0, len(STATS_FIELDS)), dtype=torch.float64)
+    for i, x in enumerate(xs):
+        _check_dtype(x, STATS_DTYPES, "tensor_stats_multi", f"xs[{i}]")
+        if x.device != xs[0].device:
+            raise OpInputError(
+                f"accdump.tensor_stats_multi: all tensors must be on one device, got {xs[0].device} "
+                f"(tensor 0) and {x.device} (tensor {i})"
+            )
+    if _use_native(backend, xs[0].device, "tensor_stats_multi"):
+        return torch.ops.accdump.tensor_stats_multi.default(xs)
+    return reference.tensor_stats_multi(xs)
+
+
+def tensor_stats(x: torch.Tensor, backend: Backend = "auto") -> TensorStats:
+    """Statistics of `x` (synchronises to read them)."""
+    return TensorStats.from_vector(tensor_stats_raw(x, backend).tolist())
+
+
+def tensor_stats_multi(xs: Sequence[torch.Tensor], backend: Backend = "auto") -> list[TensorStats]:
+    """Statistics of each tensor of `xs` (synchronises once)."""
+    return [TensorStats.from_vector(row) for row in tensor_stats_multi_raw(xs, backend).tolist()]
+
+
+# --- pairwise metrics -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PairMetrics:
+    """Metrics of a (golden `a`, target `b`) pair. Sums and maxima are over positions where
+    both are finite; non-finite positions are counted in nan_mismatch / inf_mismatch / nonfinite."""
+
+    count: int
+    dot: float
+    sumsq_a: float
+    sumsq_b: float
+    max_abs_diff: float
+    argmax_abs_diff: int  # flat row-major index; -1 when no position is finite in both
+    sum_abs_diff: float
+    sum_sq_diff: float
+    max_rel_diff: float  # max |a-b| / max(|a|, eps)
+    allclose_fail: int  # |a-b| > atol + rtol*|b|; NaN==NaN and equal infinities pass
+    nan_mismatch: int
+    inf_mismatch: int
+    nonfinite: int
+    not_equal: int
+
+    @classmethod
+    def from_vector(cls, v: Sequence[float]) -> PairMetrics:
+        x = [float(e) for e in v]
+        return cls(
+            int(x[0]),
+            x[1],
+            x[2],
+            x[3],
+            x[4],
+            int(x[5]),
+            x[6],
+            x[7],
+            x[8],
+            int(x[9]),
+            int(x[10]),
+            int(x[11]),
+            int(x[12]),
+            int(x[13]),
+        )
+
+    @property
+    def norm_a(self) -> float:
+        return math.sqrt(self.sumsq_a)
+
+    @property
+    def norm_b(self) -> float:
+        return math.sqrt(self.sumsq_b)
+
+    @property
+    def cosine(self) -> float:
+        """Cosine similarity; 1 when both are all zero, 0 when exactly one is."""
+        if self.sumsq_a == 0 and self.sumsq_b == 0:
+            return 1.0
+        if self.sumsq_a == 0 or self.sumsq_b == 0:
+            return 0.0
+        return max(-1.0, min(1.0, self.dot / (self.norm_a * self.norm_b)))
+
+    @property
+    def norm_ratio(self) -> float:
+        """||b|| / ||a||: 1 when both are zero, inf when only a is."""
+        if self.sumsq_a == 0:
+            return 1.0 if self.sumsq_b == 0 else math.inf
+        return self.norm_b / self.norm_a
+
+    @property
+    def rel_l2(self) -> float:
+        """||a-b|| / ||a||: 0 when both are zero, inf when only a is."""
+        if self.sumsq_a == 0:
+            return 0.0 if self.sum_sq_diff == 0 else math.inf
+        return math.sqrt(self.sum_sq_diff) / self.norm_a
+
+    @property
+    def mse(self) -> float:
+        n = self.count - self.nonfinite
+        return self.sum_sq_diff / n if n else 0.0
+
+    @property
+    def rmse(self) -> float:
+        return math.sqrt(self.mse)
+
+    @property
+    def mean_abs_diff(self) -> float:
+        n = self.count - self.nonfinite
+        return self.sum_abs_diff / n if n else 0.0
+
+    @property
+    def sqnr_db(self) -> float:
+        """Signal-to-quantization-noise ratio 10*log10(||a||^2 / ||a-b||^2), inf when equal."""
+        if self.sum_sq_diff == 0:
+            return math.inf
+        if self.sumsq_a == 0:
+            return -math.inf
+        return 10.0 * math.log10(self.sumsq_a / self.sum_sq_diff)
+
+    @property
+    def allclose_fail_fraction(self) -> float:
+        return self.allclose_fail / self.count if self.count else 0.0
+
+
+METRICS_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(PairMetrics))
+
+
+def compare_metrics_raw(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    atol: float = DEFAULT_ATOL,
+    rtol: float = DEFAULT_RTOL,
+    eps: float = DEFAULT_EPS,
+    backend: Backend = "auto",
+) -> torch.Tensor:
+    """float64[14] metrics of golden `a` vs target `b` on their device (see PairMetrics); no sync."""
+    _check_pair(a, b, "compare_metrics")
+    if _use_native(backend, a.device, "compare_metrics"):
+        return torch.ops.accdump.compare_metrics.default(a, b, float(atol), float(rtol), float(eps))
+    return reference.compare_metrics(a, b, atol, rtol, eps)
+
+
+def compare_metrics(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    atol: float = DEFAULT_ATOL,
+    rtol: float = DEFAULT_RTOL,
+    eps: float = DEFAULT_EPS,
+    backend: Backend = "auto",
+) -> PairMetrics:
+    """Metrics of golden `a` vs target `b` (same shape; dtypes may differ), in float64."""
+    return PairMetrics.from_vector(compare_metrics_raw(a, b, atol, rtol, eps, backend).tolist())
+
+
+@dataclass(frozen=True)
+class RowMetrics:
+    """Per-row (per-token) metrics over the last dimension, each a float64 tensor [rows]."""
+
+    cosine: torch.Tensor
+    max_abs_diff: torch.Tensor
+    rel_l2: torch.Tensor
+
+
+def rowwise_metrics_raw(a: torch.Tensor, b: torch.Tensor, backend: Backend = "auto") -> torch.Tensor:
+    """float64[R, 3] per row over the last dimension: cosine, max|a-b|, ||a-b||/||a||; no sync."""
+    _check_pair(a, b, "rowwise_metrics")
+    if _use_native(backend, a.device, "rowwise_metrics"):
+        return torch.ops.accdump.rowwise_metrics.default(a, b)
+    return reference.rowwise_metrics(a, b)
+
+
+def rowwise_metrics(a: torch.Tensor, b: torch.Tensor, backend: Backend = "auto") -> RowMetrics:
+    """Per-row cosine, max |a-b| and relative L2 error of golden `a` vs target `b`."""
+    r = rowwise_metrics_raw(a, b, backend)
+    return RowMetrics(r[:, 0], r[:, 1], r[:, 2])

@@ -1,0 +1,9 @@
+"""Pure-PyTorch twins of every native op: the fallback backend and the tests' oracle.
+
+Each computes in float64 with plain, obviously-correct torch code; speed is secondary.
+"""
+
+from accdump.reference.metrics import compare_metrics, rowwise_metrics
+from accdump.reference.stats import tensor_stats, tensor_stats_multi
+
+__all__ = ["compare_metrics", "rowwise_metrics", "tensor_stats", "tensor_stats_multi"]

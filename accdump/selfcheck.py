@@ -1,0 +1,73 @@
+"""A self-check of the build: runs every op on random data with each available backend and
+compares it with the float64 reference."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from accdump import ops, reference
+
+
+@dataclass
+class CheckRow:
+    op: str
+    device: str
+    dtype: str
+    backend: str
+    max_rel_err: float
+    ok: bool
+
+
+def _rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    got, want = got.double().cpu(), want.double().cpu()
+    both_nan = torch.isnan(got) & torch.isnan(want)
+    diff = (got - want).abs() / want.abs().clamp_min(1e-300)
+    diff = torch.where(both_nan | (got == want), 0.0, diff)
+    return float(diff.max()) if diff.numel() else 0.0
+
+
+def run_selfcheck(seed: int = 0) -> list[CheckRow]:
+    """Runs each op on random data on every device present; returns one row per check."""
+    gen = torch.Generator().manual_seed(seed)
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    rows: list[CheckRow] = []
+    for device in devices:
+        backend = "native" if ops.native_available(device) else "reference"
+        for dtype in (torch.float32, torch.bfloat16, torch.float8_e4m3fn):
+            base = torch.randn(64, 257, generator=gen) * 3
+            x = base.to(dtype).to(device)
+            y = (base + 0.01 * torch.randn(64, 257, generator=gen)).to(dtype).to(device)
+            checks = [
+                ("tensor_stats", ops.tensor_stats_raw(x), reference.tensor_stats(x.cpu())),
+                (
+                    "tensor_stats_multi",
+                    ops.tensor_stats_multi_raw([x, y[:, 3:]]),
+                    reference.tensor_stats_multi([x.cpu(), y[:, 3:].cpu()]),
+                ),
+                (
+                    "compare_metrics",
+                    ops.compare_metrics_raw(x, y, 1e-3, 1e-2),
+                    reference.compare_metrics(x.cpu(), y.cpu(), 1e-3, 1e-2, ops.DEFAULT_EPS),
+                ),
+                (
+                    "rowwise_metrics",
+                    ops.rowwise_metrics_raw(x.t(), y.t()),
+                    reference.rowwise_metrics(x.t().cpu(), y.t().cpu()),
+                ),
+            ]
+            for name, got, want in checks:
+                err = _rel_err(got, want)
+                rows.append(
+                    CheckRow(
+                        name,
+                        device,
+                        str(dtype).replace("torch.", ""),
+                        backend,
+                        err,
+                        not math.isnan(err) and err < 1e-9,
+                    )
+                )
+    return rows

@@ -1,0 +1,29 @@
+// The whole native API of accdump: every op's schema, in one place.
+// Kernels register per backend in <family>.cpp (CPU) and <family>_cuda_glue.cpp (CUDA).
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// `import accdump._C` only has to load this library so that the registrations below run.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(accdump, m) {
+  // Statistics of one tensor in one pass, float64[13]: count, nan, +inf, -inf, zeros, min, max,
+  // sum, mean, std (ddof 0), absmax, l2 norm, min |x| over non-zero finite values.
+  // NaN/Inf are counted and excluded from the rest. Packed float4 counts two values per byte.
+  m.def("tensor_stats(Tensor x) -> Tensor");
+  // The same statistics for a list of tensors of any sizes and dtypes, float64[N, 13];
+  // on CUDA one launch reads every tensor (plus one small launch that merges partials).
+  m.def("tensor_stats_multi(Tensor[] xs) -> Tensor");
+  // Pairwise metrics of two same-shape floating tensors (dtypes may differ), float64[14]:
+  // count, dot, sum a^2, sum b^2, max|a-b|, its flat index, sum|a-b|, sum (a-b)^2,
+  // max |a-b|/max(|a|,eps), allclose failures (|a-b| > atol + rtol|b|), NaN mismatches,
+  // Inf mismatches, non-finite positions, unequal positions.
+  m.def("compare_metrics(Tensor a, Tensor b, float atol, float rtol, float eps) -> Tensor");
+  // Per row over the last dimension, float64[R, 3]: cosine, max|a-b|, ||a-b|| / ||a||.
+  m.def("rowwise_metrics(Tensor a, Tensor b) -> Tensor");
+}

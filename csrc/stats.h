@@ -1,0 +1,136 @@
+// tensor_stats / tensor_stats_multi: the accumulator shared by the CPU and CUDA kernels,
+// and the CUDA launcher's declaration. No torch headers.
+#pragma once
+#include <cmath>
+#include <cstdint>
+
+#include "common/strided.h"
+
+#if defined(__CUDACC__)
+#include <cuda_runtime.h>
+#else
+typedef struct CUstream_st* cudaStream_t;
+#endif
+
+namespace accdump {
+
+// Output columns of tensor_stats; keep in sync with accdump/ops.py STATS_FIELDS.
+enum StatsField : int {
+  kStatCount = 0,      // values (2 per byte for packed float4)
+  kStatNan,
+  kStatPosInf,
+  kStatNegInf,
+  kStatZeros,
+  kStatMin,            // min/max/sum/mean/std/absmax/l2 ignore NaN and Inf
+  kStatMax,
+  kStatSum,
+  kStatMean,
+  kStatStd,            // population standard deviation (ddof = 0)
+  kStatAbsMax,
+  kStatL2Norm,
+  kStatMinAbsNonzero,  // smallest |x| over finite non-zero values
+  kStatsFields
+};
+
+// Partial statistics of a range of values. The variance uses a shift (the tensor's first
+// finite value) so that sum((x - shift)^2) does not cancel catastrophically when |mean| >> std.
+struct StatsAcc {
+  double sum, sumsq, s2;
+  double min, max, absmax, minabs;
+  int64_t finite, nan, pinf, ninf, zeros;
+
+  ACCDUMP_HD void init() {
+    sum = sumsq = s2 = 0.0;
+    min = INFINITY;
+    max = -INFINITY;
+    absmax = 0.0;
+    minabs = INFINITY;
+    finite = nan = pinf = ninf = zeros = 0;
+  }
+
+  ACCDUMP_HD void add(double x, double shift) {
+    if (x != x) {
+      ++nan;
+    } else if (x == INFINITY) {
+      ++pinf;
+    } else if (x == -INFINITY) {
+      ++ninf;
+    } else {
+      ++finite;
+      sum += x;
+      sumsq += x * x;
+      const double d = x - shift;
+      s2 += d * d;
+      min = x < min ? x : min;
+      max = x > max ? x : max;
+      const double ax = fabs(x);
+      absmax = ax > absmax ? ax : absmax;
+      if (ax == 0.0) {
+        ++zeros;
+      } else if (ax < minabs) {
+        minabs = ax;
+      }
+    }
+  }
+
+  ACCDUMP_HD void merge(const StatsAcc& o) {
+    sum += o.sum;
+    sumsq += o.sumsq;
+    s2 += o.s2;
+    min = o.min < min ? o.min : min;
+    max = o.max > max ? o.max : max;
+    absmax = o.absmax > absmax ? o.absmax : absmax;
+    minabs = o.minabs < minabs ? o.minabs : minabs;
+    finite += o.finite;
+    nan += o.nan;
+    pinf += o.pinf;
+    ninf += o.ninf;
+    zeros += o.zeros;
+  }
+};
+
+// The shift used for the variance: the first value if finite, else 0.
+ACCDUMP_HD double stats_shift(double first) { return (first - first == 0.0) ? first : 0.0; }
+
+ACCDUMP_HD void stats_finalize(const StatsAcc& a, int64_t count, double shift, double* out) {
+  out[kStatCount] = static_cast<double>(count);
+  out[kStatNan] = static_cast<double>(a.nan);
+  out[kStatPosInf] = static_cast<double>(a.pinf);
+  out[kStatNegInf] = static_cast<double>(a.ninf);
+  out[kStatZeros] = static_cast<double>(a.zeros);
+  out[kStatSum] = a.sum;
+  out[kStatL2Norm] = sqrt(a.sumsq);
+  if (a.finite == 0) {
+    out[kStatMin] = out[kStatMax] = out[kStatMean] = out[kStatStd] = NAN;
+    out[kStatAbsMax] = out[kStatMinAbsNonzero] = NAN;
+    return;
+  }
+  const double n = static_cast<double>(a.finite);
+  const double mean = a.sum / n;
+  const double s1 = a.sum - n * shift;  // sum of (x - shift)
+  const double var = a.s2 / n - (s1 / n) * (s1 / n);
+  out[kStatMin] = a.min;
+  out[kStatMax] = a.max;
+  out[kStatMean] = mean;
+  out[kStatStd] = sqrt(var > 0.0 ? var : 0.0);
+  out[kStatAbsMax] = a.absmax;
+  out[kStatMinAbsNonzero] = a.minabs == INFINITY ? NAN : a.minabs;
+}
+
+// Statistics of `n` tensors described in device memory, written to out[n][kStatsFields].
+// block_begin[t] .. block_begin[t+1] are the blocks assigned to tensor t (device memory);
+// workspace holds one StatsAcc per block. Throws std::runtime_error on a launch error.
+void launch_tensor_stats_cuda(const TensorDesc* descs, const int64_t* block_begin, int64_t n,
+                              int64_t total_blocks, StatsAcc* workspace, double* out,
+                              cudaStream_t stream);
+
+// Blocks to give a tensor of `values` values on CUDA (fixed by size alone, so results do not
+// depend on the device model).
+inline int64_t stats_blocks_for(int64_t values) {
+  constexpr int64_t kValuesPerBlock = 256 * 32;
+  constexpr int64_t kMaxBlocks = 2048;
+  int64_t b = (values + kValuesPerBlock - 1) / kValuesPerBlock;
+  return b < 1 ? 1 : (b > kMaxBlocks ? kMaxBlocks : b);
+}
+
+}  // namespace accdump

@@ -1,0 +1,51 @@
+// tensor_stats / tensor_stats_multi on CUDA: descriptors to the device, launch on the current stream.
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "common/device_upload.h"
+#include "stats_glue.h"
+
+namespace accdump {
+namespace {
+
+at::Tensor stats_cuda(at::TensorList xs, const char* op) {
+  std::vector<at::Tensor> keep;
+  const auto descs = describe_stats_inputs(xs, op, keep);
+  const auto n = static_cast<int64_t>(descs.size());
+  const at::Device device = xs[0].device();
+  const c10::cuda::CUDAGuard guard(device);
+  at::Tensor out = at::empty({n, kStatsFields}, at::TensorOptions().dtype(at::kDouble).device(device));
+  if (n == 0) return out;
+  std::vector<int64_t> block_begin(n + 1, 0);
+  for (int64_t i = 0; i < n; ++i) {
+    block_begin[i + 1] = block_begin[i] + stats_blocks_for(descs[i].numel * values_per_element(descs[i].dtype));
+  }
+  const int64_t total_blocks = block_begin[n];
+  std::vector<size_t> offsets;
+  at::Tensor meta = upload_to_device({{descs.data(), descs.size() * sizeof(TensorDesc)},
+                                      {block_begin.data(), block_begin.size() * sizeof(int64_t)}},
+                                     device, offsets);
+  at::Tensor workspace = at::empty({static_cast<int64_t>(total_blocks * sizeof(StatsAcc))},
+                                   at::TensorOptions().dtype(at::kByte).device(device));
+  const char* m = static_cast<const char*>(meta.const_data_ptr());
+  launch_tensor_stats_cuda(reinterpret_cast<const TensorDesc*>(m + offsets[0]),
+                           reinterpret_cast<const int64_t*>(m + offsets[1]), n, total_blocks,
+                           static_cast<StatsAcc*>(workspace.data_ptr()), out.data_ptr<double>(),
+                           at::cuda::getCurrentCUDAStream(device.index()).stream());
+  return out;
+}
+
+at::Tensor tensor_stats_multi_cuda(at::TensorList xs) { return stats_cuda(xs, "tensor_stats_multi"); }
+
+at::Tensor tensor_stats_cuda(const at::Tensor& x) { return stats_cuda({x}, "tensor_stats").squeeze(0); }
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(accdump, CUDA, m) {
+  m.impl("tensor_stats", &tensor_stats_cuda);
+  m.impl("tensor_stats_multi", &tensor_stats_multi_cuda);
+}
+
+}  // namespace accdump

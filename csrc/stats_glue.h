@@ -1,0 +1,20 @@
+// Shared glue of the stats ops: input checks and descriptors (torch side).
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <vector>
+
+#include "common/tensor_view.h"
+#include "stats.h"
+
+namespace accdump {
+
+// Descriptors for `xs`; layouts the kernels cannot walk are read from contiguous copies kept
+// alive in `keep`. Checks dtypes and that all tensors share one device.
+std::vector<TensorDesc> describe_stats_inputs(at::TensorList xs, const char* op,
+                                              std::vector<at::Tensor>& keep);
+
+// CPU statistics of one described tensor into out[kStatsFields].
+void tensor_stats_cpu_kernel(const TensorDesc& d, double* out);
+
+}  // namespace accdump
