@@ -15,6 +15,11 @@ app = typer.Typer(
 console = Console()
 
 
+@app.callback()
+def _root() -> None:
+    """Find where an inference run goes numerically wrong."""
+
+
 @app.command()
 def selfcheck() -> None:
     """Check the build: run every op on random data and compare with the float64 reference.
