@@ -56,6 +56,12 @@ def _use_native(backend: Backend, device: torch.device, op: str) -> bool:
     return ok
 
 
+def _native_errors_typed(op: str, exc: RuntimeError) -> Exception:
+    """A native input check's RuntimeError as OpInputError (its message names the op)."""
+    msg = str(exc).splitlines()[0] if str(exc) else ""
+    return OpInputError(msg) if msg.startswith(f"accdump.{op}:") else exc
+
+
 def _check_dtype(t: torch.Tensor, allowed: frozenset[torch.dtype], op: str, arg: str) -> None:
     if t.dtype not in allowed:
         kinds = "floating" if allowed is METRICS_DTYPES else "real floating, float8, float4, integer or bool"
@@ -124,6 +130,12 @@ def tensor_stats_multi_raw(xs: Sequence[torch.Tensor], backend: Backend = "auto"
     xs = list(xs)
     if not xs:
         return torch.empty((0, len(STATS_FIELDS)), dtype=torch.float64)
+    if _use_native(backend, xs[0].device, "tensor_stats_multi"):
+        # the native op checks every tensor itself; checking here too would double the host cost
+        try:
+            return torch.ops.accdump.tensor_stats_multi.default(xs)
+        except RuntimeError as exc:
+            raise _native_errors_typed("tensor_stats_multi", exc) from None
     for i, x in enumerate(xs):
         _check_dtype(x, STATS_DTYPES, "tensor_stats_multi", f"xs[{i}]")
         if x.device != xs[0].device:
@@ -131,8 +143,6 @@ def tensor_stats_multi_raw(xs: Sequence[torch.Tensor], backend: Backend = "auto"
                 f"accdump.tensor_stats_multi: all tensors must be on one device, got {xs[0].device} "
                 f"(tensor 0) and {x.device} (tensor {i})"
             )
-    if _use_native(backend, xs[0].device, "tensor_stats_multi"):
-        return torch.ops.accdump.tensor_stats_multi.default(xs)
     return reference.tensor_stats_multi(xs)
 
 

@@ -9,9 +9,9 @@ namespace accdump {
 PairDesc describe_metrics_inputs(const at::Tensor& a, const at::Tensor& b, const char* op,
                                  at::Tensor& ka, at::Tensor& kb) {
   TORCH_CHECK(a.sizes() == b.sizes(), "accdump.", op, ": a and b must have the same shape, got ",
-              a.sizes(), " and ", b.sizes());
+              shape_str(a.sizes()), " and ", shape_str(b.sizes()));
   TORCH_CHECK(a.device() == b.device(), "accdump.", op, ": a and b must be on the same device, got ",
-              a.device(), " and ", b.device());
+              a.device().str(), " and ", b.device().str());
   const DType da = checked_dtype(a, op, "a", true);
   const DType db = checked_dtype(b, op, "b", true);
   ka = a;

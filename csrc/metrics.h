@@ -40,43 +40,71 @@ struct MetricsParams {
   double atol, rtol, eps;
 };
 
+// Rounded (never fused) multiply and add, so allclose decisions match torch / NumPy exactly.
+ACCDUMP_HD double mul_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+ACCDUMP_HD double add_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+
 struct MetricsAcc {
-  double dot, sa, sb, sum_abs, sum_sq, max_abs, max_rel;
+  double dot, sa, sb, sum_abs, sum_sq, max_abs;
+  double rel_num, rel_den;  // the largest |a-b| / max(|a|, eps) seen, kept as a fraction (no division per element)
   int64_t argmax, fail, nan_mm, inf_mm, nonfinite, noteq;
 
   ACCDUMP_HD void init() {
     dot = sa = sb = sum_abs = sum_sq = 0.0;
     max_abs = -1.0;
-    max_rel = 0.0;
+    rel_num = 0.0;
+    rel_den = 1.0;
     argmax = -1;
     fail = nan_mm = inf_mm = nonfinite = noteq = 0;
+  }
+
+  // A pair where both values are finite; indices arrive in increasing order per accumulator.
+  ACCDUMP_HD void add_finite(double x, double y, int64_t idx, const MetricsParams& p) {
+    const double diff = x - y;
+    const double d = fabs(diff);
+    dot += x * y;
+    sa += x * x;
+    sb += y * y;
+    sum_abs += d;
+    sum_sq += diff * diff;
+    noteq += x != y;
+    if (d > max_abs) {
+      max_abs = d;
+      argmax = idx;
+    }
+    const double ax = fabs(x);
+    const double den = ax > p.eps ? ax : p.eps;
+    if (mul_rn(d, rel_den) > mul_rn(rel_num, den)) {
+      rel_num = d;
+      rel_den = den;
+    }
+    fail += d > add_rn(p.atol, mul_rn(p.rtol, fabs(y)));
   }
 
   ACCDUMP_HD void add(double x, double y, int64_t idx, const MetricsParams& p) {
     const bool xn = x != x, yn = y != y;
     const bool xi = x == INFINITY || x == -INFINITY, yi = y == INFINITY || y == -INFINITY;
+    if (!(xn || yn || xi || yi)) {
+      add_finite(x, y, idx, p);
+      return;
+    }
     if (x != y && !(xn && yn)) ++noteq;
     if (xn != yn) ++nan_mm;
     if (xi != yi || (xi && yi && x != y)) ++inf_mm;
-    if (xn || yn || xi || yi) {
-      ++nonfinite;
-      if (!(xn && yn) && x != y) ++fail;
-      return;
-    }
-    dot += x * y;
-    sa += x * x;
-    sb += y * y;
-    const double d = fabs(x - y);
-    sum_abs += d;
-    sum_sq += d * d;
-    if (d > max_abs) {  // indices arrive in increasing order within one accumulator
-      max_abs = d;
-      argmax = idx;
-    }
-    const double ax = fabs(x);
-    const double rel = d / (ax > p.eps ? ax : p.eps);
-    max_rel = rel > max_rel ? rel : max_rel;
-    if (d > p.atol + p.rtol * fabs(y)) ++fail;
+    ++nonfinite;
+    if (!(xn && yn) && x != y) ++fail;
   }
 
   ACCDUMP_HD void merge(const MetricsAcc& o) {
@@ -89,7 +117,10 @@ struct MetricsAcc {
       max_abs = o.max_abs;
       argmax = o.argmax;
     }
-    max_rel = o.max_rel > max_rel ? o.max_rel : max_rel;
+    if (mul_rn(o.rel_num, rel_den) > mul_rn(rel_num, o.rel_den)) {
+      rel_num = o.rel_num;
+      rel_den = o.rel_den;
+    }
     fail += o.fail;
     nan_mm += o.nan_mm;
     inf_mm += o.inf_mm;
@@ -107,7 +138,7 @@ ACCDUMP_HD void metrics_finalize(const MetricsAcc& a, int64_t count, double* out
   out[kMetArgMaxAbsDiff] = static_cast<double>(a.argmax);
   out[kMetSumAbsDiff] = a.sum_abs;
   out[kMetSumSqDiff] = a.sum_sq;
-  out[kMetMaxRelDiff] = a.max_rel;
+  out[kMetMaxRelDiff] = a.rel_num / a.rel_den;
   out[kMetAllcloseFail] = static_cast<double>(a.fail);
   out[kMetNanMismatch] = static_cast<double>(a.nan_mm);
   out[kMetInfMismatch] = static_cast<double>(a.inf_mm);

@@ -37,45 +37,72 @@ __device__ __forceinline__ double load_pair_value(DType rt, const char* p) {
   }
 }
 
+// One 16-byte vector of each tensor (same dtype T, contiguous, aligned): `base` is the flat
+// index of its first element.
+template <DType T>
+__device__ __forceinline__ void add_vector_pair(const uint4& ra, const uint4& rb, int64_t base, const MetricsParams& p,
+                                                MetricsAcc& acc) {
+  constexpr int es = static_cast<int>(element_size(T));
+  constexpr int n = 16 / es;
+  const char* pa = reinterpret_cast<const char*>(&ra);
+  const char* pb = reinterpret_cast<const char*>(&rb);
+  double x[n], y[n];
+  bool bad = false;
+#pragma unroll
+  for (int k = 0; k < n; ++k) {
+    x[k] = load_value<T>(pa + k * es);
+    y[k] = load_value<T>(pb + k * es);
+    bad |= !(x[k] - x[k] == 0.0) || !(y[k] - y[k] == 0.0);
+  }
+  if (bad) {
+#pragma unroll
+    for (int k = 0; k < n; ++k) acc.add(x[k], y[k], base + k, p);
+    return;
+  }
+#pragma unroll
+  for (int k = 0; k < n; ++k) acc.add_finite(x[k], y[k], base + k, p);
+}
+
 template <DType T>
 __global__ void __launch_bounds__(kThreads) metrics_partial_kernel(const PairDesc d, const MetricsParams p,
                                                                    MetricsAcc* workspace) {
-  __shared__ MetricsAcc smem[kThreads];
+  __shared__ MetricsAcc smem[32];
   MetricsAcc acc;
   acc.init();
   const char* a = static_cast<const char*>(d.a);
   const char* b = static_cast<const char*>(d.b);
   const int64_t ea = element_size(d.a_dtype), eb = element_size(d.b_dtype);
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (d.ndim == 0) {
-    // Two elements of each tensor in flight per iteration.
-    for (; i + stride < d.numel; i += 2 * stride) {
-      const double x0 = load_pair_value<T>(d.a_dtype, a + i * ea);
-      const double y0 = load_pair_value<T>(d.b_dtype, b + i * eb);
-      const double x1 = load_pair_value<T>(d.a_dtype, a + (i + stride) * ea);
-      const double y1 = load_pair_value<T>(d.b_dtype, b + (i + stride) * eb);
-      acc.add(x0, y0, i, p);
-      acc.add(x1, y1, i + stride, p);
+  const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  int64_t scalar_begin = 0;
+  if constexpr (T != kAny) {
+    constexpr int64_t es = element_size(T);
+    if (d.ndim == 0 && reinterpret_cast<uintptr_t>(a) % 16 == 0 && reinterpret_cast<uintptr_t>(b) % 16 == 0) {
+      constexpr int64_t per_vec = 16 / es;
+      const uint4* va = reinterpret_cast<const uint4*>(a);
+      const uint4* vb = reinterpret_cast<const uint4*>(b);
+      const int64_t nvec = d.numel / per_vec;
+      for (int64_t i = tid; i < nvec; i += stride) add_vector_pair<T>(va[i], vb[i], i * per_vec, p, acc);
+      scalar_begin = nvec * per_vec;
     }
   }
-  for (; i < d.numel; i += stride) {
+  for (int64_t i = scalar_begin + tid; i < d.numel; i += stride) {
     int64_t oa, ob;
     pair_offsets(d, i, &oa, &ob);
     acc.add(load_pair_value<T>(d.a_dtype, a + oa * ea), load_pair_value<T>(d.b_dtype, b + ob * eb), i, p);
   }
-  block_merge(smem, acc);
-  if (threadIdx.x == 0) workspace[blockIdx.x] = smem[0];
+  block_merge(acc, smem);
+  if (threadIdx.x == 0) workspace[blockIdx.x] = acc;
 }
 
 __global__ void __launch_bounds__(kThreads) metrics_final_kernel(const MetricsAcc* workspace, int64_t blocks,
                                                                  int64_t count, double* out) {
-  __shared__ MetricsAcc smem[kThreads];
+  __shared__ MetricsAcc smem[32];
   MetricsAcc acc;
   acc.init();
   for (int64_t b = threadIdx.x; b < blocks; b += blockDim.x) acc.merge(workspace[b]);
-  block_merge(smem, acc);
-  if (threadIdx.x == 0) metrics_finalize(smem[0], count, out);
+  block_merge(acc, smem);
+  if (threadIdx.x == 0) metrics_finalize(acc, count, out);
 }
 
 template <DType T>
@@ -94,15 +121,7 @@ __global__ void __launch_bounds__(kThreads) rowwise_kernel(const PairDesc d, int
       pair_offsets(d, base + j, &oa, &ob);
       acc.add(load_pair_value<T>(d.a_dtype, a + oa * ea), load_pair_value<T>(d.b_dtype, b + ob * eb));
     }
-    for (int off = 16; off > 0; off >>= 1) {
-      RowAcc o;
-      o.dot = __shfl_down_sync(0xffffffffu, acc.dot, off);
-      o.sa = __shfl_down_sync(0xffffffffu, acc.sa, off);
-      o.sb = __shfl_down_sync(0xffffffffu, acc.sb, off);
-      o.sd = __shfl_down_sync(0xffffffffu, acc.sd, off);
-      o.max_abs = __shfl_down_sync(0xffffffffu, acc.max_abs, off);
-      acc.merge(o);
-    }
+    warp_merge(acc);
     if (lane == 0) row_finalize(acc, out + r * kRowFields);
   }
 }
@@ -130,6 +149,8 @@ void launch_rows(const PairDesc& d, int64_t rows, double* out, cudaStream_t s) {
       case DType::kFloat16: { constexpr DType PT = DType::kFloat16; CALL; break; }   \
       case DType::kBFloat16: { constexpr DType PT = DType::kBFloat16; CALL; break; } \
       case DType::kFloat64: { constexpr DType PT = DType::kFloat64; CALL; break; }   \
+      case DType::kFloat8E4M3FN: { constexpr DType PT = DType::kFloat8E4M3FN; CALL; break; } \
+      case DType::kFloat8E5M2: { constexpr DType PT = DType::kFloat8E5M2; CALL; break; } \
       default: { constexpr DType PT = kAny; CALL; break; }                    \
     }                                                                         \
   }

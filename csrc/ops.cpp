@@ -27,3 +27,12 @@ TORCH_LIBRARY(accdump, m) {
   // Per row over the last dimension, float64[R, 3]: cosine, max|a-b|, ||a-b|| / ||a||.
   m.def("rowwise_metrics(Tensor a, Tensor b) -> Tensor");
 }
+
+// Statistics and metrics are not differentiable: let calls skip the autograd layer (and the
+// boxing it would cost a 512-tensor list).
+TORCH_LIBRARY_IMPL(accdump, Autograd, m) {
+  m.impl("tensor_stats", torch::CppFunction::makeFallthrough());
+  m.impl("tensor_stats_multi", torch::CppFunction::makeFallthrough());
+  m.impl("compare_metrics", torch::CppFunction::makeFallthrough());
+  m.impl("rowwise_metrics", torch::CppFunction::makeFallthrough());
+}

@@ -13,7 +13,7 @@ std::vector<TensorDesc> describe_stats_inputs(at::TensorList xs, const char* op,
   for (size_t i = 0; i < xs.size(); ++i) {
     const at::Tensor& x = xs[i];
     TORCH_CHECK(x.device() == xs[0].device(), "accdump.", op, ": all tensors must be on one device, got ",
-                xs[0].device(), " (tensor 0) and ", x.device(), " (tensor ", i, ")");
+                xs[0].device().str(), " (tensor 0) and ", x.device().str(), " (tensor ", std::to_string(i), ")");
     const bool single = std::string(op) == "tensor_stats";
     const std::string arg = single ? std::string("x") : "xs[" + std::to_string(i) + "]";
     const DType dt = checked_dtype(x, op, arg.c_str(), false);

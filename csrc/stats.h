@@ -118,10 +118,11 @@ ACCDUMP_HD void stats_finalize(const StatsAcc& a, int64_t count, double shift, d
 }
 
 // Statistics of `n` tensors described in device memory, written to out[n][kStatsFields].
-// block_begin[t] .. block_begin[t+1] are the blocks assigned to tensor t (device memory);
-// workspace holds one StatsAcc per block. Throws std::runtime_error on a launch error.
-void launch_tensor_stats_cuda(const TensorDesc* descs, const int64_t* block_begin, int64_t n,
-                              int64_t total_blocks, StatsAcc* workspace, double* out,
+// block_begin[t] .. block_begin[t+1] are the blocks assigned to tensor t and block_tensor[b]
+// the tensor of block b (device memory); workspace holds one StatsAcc per block.
+// Throws std::runtime_error on a launch error.
+void launch_tensor_stats_cuda(const TensorDesc* descs, const int64_t* block_begin, const int32_t* block_tensor,
+                              int64_t n, int64_t total_blocks, StatsAcc* workspace, double* out,
                               cudaStream_t stream);
 
 // Blocks to give a tensor of `values` values on CUDA (fixed by size alone, so results do not

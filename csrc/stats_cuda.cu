@@ -1,5 +1,7 @@
 // CUDA kernels of tensor_stats / tensor_stats_multi: one launch reads every tensor of the list
 // (each block works on one tensor), a second merges each tensor's block partials in fixed order.
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
 #include "common/block_reduce.cuh"
@@ -11,13 +13,86 @@ namespace {
 
 constexpr int kThreads = 256;
 
-__device__ int64_t find_tensor(const int64_t* block_begin, int64_t n, int64_t block) {
-  int64_t lo = 0, hi = n;  // block_begin[lo] <= block < block_begin[hi]
-  while (hi - lo > 1) {
-    const int64_t mid = (lo + hi) / 2;
-    if (block_begin[mid] <= block) lo = mid; else hi = mid;
+// Types whose values are exact in float32 and that have a cheap float decode: their dense
+// path keeps min/max/zero tests in float and only the three sums in float64.
+template <DType T>
+constexpr bool kFastFloat = T == DType::kBFloat16 || T == DType::kFloat16 || T == DType::kFloat8E4M3FN ||
+                            T == DType::kFloat8E5M2;
+
+template <DType T>
+__device__ __forceinline__ float load_f32(const char* p) {
+  if constexpr (T == DType::kBFloat16) {
+    return __uint_as_float(static_cast<unsigned>(*reinterpret_cast<const unsigned short*>(p)) << 16);
+  } else if constexpr (T == DType::kFloat16) {
+    return __half2float(*reinterpret_cast<const __half*>(p));
+  } else if constexpr (T == DType::kFloat8E4M3FN) {
+    return __half2float(__half(__nv_cvt_fp8_to_halfraw(*reinterpret_cast<const __nv_fp8_storage_t*>(p), __NV_E4M3)));
+  } else {
+    return __half2float(__half(__nv_cvt_fp8_to_halfraw(*reinterpret_cast<const __nv_fp8_storage_t*>(p), __NV_E5M2)));
   }
-  return lo;
+}
+
+// Running float32 extrema of finite values, folded into the float64 accumulator at the end.
+struct FloatExtrema {
+  float min = INFINITY, max = -INFINITY, absmax = 0.0f, minabs = INFINITY;
+  int64_t finite = 0, zeros = 0;
+  __device__ void fold_into(StatsAcc& acc) const {
+    acc.min = fmin(acc.min, static_cast<double>(min));
+    acc.max = fmax(acc.max, static_cast<double>(max));
+    acc.absmax = fmax(acc.absmax, static_cast<double>(absmax));
+    acc.minabs = fmin(acc.minabs, static_cast<double>(minabs));
+    acc.finite += finite;
+    acc.zeros += zeros;
+  }
+};
+
+template <DType T>
+__device__ __forceinline__ void add_vector_fast(const uint4& raw, double shift, StatsAcc& acc, FloatExtrema& ex) {
+  constexpr int es = static_cast<int>(element_size(T));
+  constexpr int n = 16 / es;
+  const char* p = reinterpret_cast<const char*>(&raw);
+  float v[n];
+  bool bad = false;
+#pragma unroll
+  for (int k = 0; k < n; ++k) {
+    v[k] = load_f32<T>(p + k * es);
+    bad |= !(v[k] - v[k] == 0.0f);  // NaN or Inf
+  }
+  if (bad) {
+#pragma unroll
+    for (int k = 0; k < n; ++k) acc.add(static_cast<double>(v[k]), shift);
+    return;
+  }
+#pragma unroll
+  for (int k = 0; k < n; ++k) {
+    const double x = v[k];
+    acc.sum += x;
+    acc.sumsq = fma(x, x, acc.sumsq);
+    const double d = x - shift;
+    acc.s2 = fma(d, d, acc.s2);
+    const float a = fabsf(v[k]);
+    ex.min = fminf(ex.min, v[k]);
+    ex.max = fmaxf(ex.max, v[k]);
+    ex.absmax = fmaxf(ex.absmax, a);
+    ex.minabs = fminf(ex.minabs, a == 0.0f ? INFINITY : a);
+    ex.zeros += a == 0.0f;
+  }
+  ex.finite += n;
+}
+
+template <DType T>
+__device__ __forceinline__ void add_vector(const uint4& raw, double shift, StatsAcc& acc, FloatExtrema& ex) {
+  if constexpr (kFastFloat<T>) {
+    add_vector_fast<T>(raw, shift, acc, ex);
+  } else {
+    constexpr int es = static_cast<int>(element_size(T));
+    const char* p = reinterpret_cast<const char*>(&raw);
+#pragma unroll
+    for (int k = 0; k < 16 / es; ++k) {
+#pragma unroll
+      for (int s = 0; s < values_per_element(T); ++s) acc.add(load_value<T>(p + k * es, s), shift);
+    }
+  }
 }
 
 template <DType T>
@@ -35,35 +110,19 @@ __device__ void accumulate(const TensorDesc& d, int64_t part, int64_t parts, Sta
   int64_t scalar_begin = 0;
   if (d.ndim == 0 && es < 16 && (reinterpret_cast<uintptr_t>(d.data) % 16) == 0) {
     // 16-byte loads, two in flight per iteration.
-    constexpr int per_vec = 16 / es;
+    constexpr int64_t per_vec = 16 / es;
     const uint4* v = static_cast<const uint4*>(d.data);
     const int64_t nvec = d.numel / per_vec;
+    FloatExtrema ex;
     int64_t i = tid;
     for (; i + stride < nvec; i += 2 * stride) {
       const uint4 x0 = v[i];
       const uint4 x1 = v[i + stride];
-      const char* p0 = reinterpret_cast<const char*>(&x0);
-      const char* p1 = reinterpret_cast<const char*>(&x1);
-#pragma unroll
-      for (int k = 0; k < per_vec; ++k) {
-#pragma unroll
-        for (int s = 0; s < vpe; ++s) acc.add(load_value<T>(p0 + k * es, s), shift);
-      }
-#pragma unroll
-      for (int k = 0; k < per_vec; ++k) {
-#pragma unroll
-        for (int s = 0; s < vpe; ++s) acc.add(load_value<T>(p1 + k * es, s), shift);
-      }
+      add_vector<T>(x0, shift, acc, ex);
+      add_vector<T>(x1, shift, acc, ex);
     }
-    if (i < nvec) {
-      const uint4 x0 = v[i];
-      const char* p0 = reinterpret_cast<const char*>(&x0);
-#pragma unroll
-      for (int k = 0; k < per_vec; ++k) {
-#pragma unroll
-        for (int s = 0; s < vpe; ++s) acc.add(load_value<T>(p0 + k * es, s), shift);
-      }
-    }
+    if (i < nvec) add_vector<T>(v[i], shift, acc, ex);
+    ex.fold_into(acc);
     scalar_begin = nvec * per_vec;
   }
   for (int64_t i = scalar_begin + tid; i < d.numel; i += stride) {
@@ -74,51 +133,52 @@ __device__ void accumulate(const TensorDesc& d, int64_t part, int64_t parts, Sta
 
 __global__ void __launch_bounds__(kThreads) stats_partial_kernel(const TensorDesc* descs,
                                                                  const int64_t* block_begin,
-                                                                 int64_t n, StatsAcc* workspace) {
-  __shared__ StatsAcc smem[kThreads];
+                                                                 const int32_t* block_tensor,
+                                                                 StatsAcc* workspace) {
+  __shared__ StatsAcc smem[32];
   const int64_t block = blockIdx.x;
-  const int64_t t = find_tensor(block_begin, n, block);
+  const int32_t t = block_tensor[block];
   const TensorDesc d = descs[t];
   const int64_t part = block - block_begin[t];
   const int64_t parts = block_begin[t + 1] - block_begin[t];
   StatsAcc acc;
   acc.init();
   ACCDUMP_DISPATCH_DTYPE(d.dtype, accumulate<DT>(d, part, parts, acc));
-  block_merge(smem, acc);
-  if (threadIdx.x == 0) workspace[block] = smem[0];
+  block_merge(acc, smem);
+  if (threadIdx.x == 0) workspace[block] = acc;
 }
 
+// One warp per tensor: merges its block partials in order and writes the statistics.
 __global__ void __launch_bounds__(kThreads) stats_final_kernel(const TensorDesc* descs,
-                                                               const int64_t* block_begin,
-                                                               const StatsAcc* workspace,
-                                                               double* out) {
-  __shared__ StatsAcc smem[kThreads];
-  const int64_t t = blockIdx.x;
-  const int64_t begin = block_begin[t], end = block_begin[t + 1];
+                                                               const int64_t* block_begin, int64_t n,
+                                                               const StatsAcc* workspace, double* out) {
+  const int64_t t = static_cast<int64_t>(blockIdx.x) * (kThreads / 32) + threadIdx.x / 32;
+  if (t >= n) return;  // whole warps leave together
+  const int lane = threadIdx.x % 32;
   StatsAcc acc;
   acc.init();
-  for (int64_t b = begin + threadIdx.x; b < end; b += blockDim.x) acc.merge(workspace[b]);
-  block_merge(smem, acc);
-  if (threadIdx.x == 0) {
+  for (int64_t b = block_begin[t] + lane; b < block_begin[t + 1]; b += 32) acc.merge(workspace[b]);
+  warp_merge(acc);
+  if (lane == 0) {
     const TensorDesc d = descs[t];
     double first = 0.0;
     ACCDUMP_DISPATCH_DTYPE(d.dtype, first = first_value<DT>(d));
-    const int64_t count = d.numel * values_per_element(d.dtype);
-    stats_finalize(smem[0], count, stats_shift(first), out + t * kStatsFields);
+    stats_finalize(acc, d.numel * values_per_element(d.dtype), stats_shift(first), out + t * kStatsFields);
   }
 }
 
 }  // namespace
 
-void launch_tensor_stats_cuda(const TensorDesc* descs, const int64_t* block_begin, int64_t n,
-                              int64_t total_blocks, StatsAcc* workspace, double* out,
+void launch_tensor_stats_cuda(const TensorDesc* descs, const int64_t* block_begin, const int32_t* block_tensor,
+                              int64_t n, int64_t total_blocks, StatsAcc* workspace, double* out,
                               cudaStream_t stream) {
   if (n == 0) return;
-  stats_partial_kernel<<<static_cast<unsigned>(total_blocks), kThreads, 0, stream>>>(
-      descs, block_begin, n, workspace);
+  stats_partial_kernel<<<static_cast<unsigned>(total_blocks), kThreads, 0, stream>>>(descs, block_begin,
+                                                                                     block_tensor, workspace);
   ACCDUMP_LAUNCH_CHECK();
-  stats_final_kernel<<<static_cast<unsigned>(n), kThreads, 0, stream>>>(descs, block_begin,
-                                                                         workspace, out);
+  const int64_t warps_per_block = kThreads / 32;
+  stats_final_kernel<<<static_cast<unsigned>((n + warps_per_block - 1) / warps_per_block), kThreads, 0, stream>>>(
+      descs, block_begin, n, workspace, out);
   ACCDUMP_LAUNCH_CHECK();
 }
 

@@ -4,6 +4,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <algorithm>
+
 #include "common/device_upload.h"
 #include "stats_glue.h"
 
@@ -23,15 +25,21 @@ at::Tensor stats_cuda(at::TensorList xs, const char* op) {
     block_begin[i + 1] = block_begin[i] + stats_blocks_for(descs[i].numel * values_per_element(descs[i].dtype));
   }
   const int64_t total_blocks = block_begin[n];
+  std::vector<int32_t> block_tensor(static_cast<size_t>(total_blocks));
+  for (int64_t i = 0; i < n; ++i) {
+    std::fill(block_tensor.begin() + block_begin[i], block_tensor.begin() + block_begin[i + 1], static_cast<int32_t>(i));
+  }
   std::vector<size_t> offsets;
   at::Tensor meta = upload_to_device({{descs.data(), descs.size() * sizeof(TensorDesc)},
-                                      {block_begin.data(), block_begin.size() * sizeof(int64_t)}},
+                                      {block_begin.data(), block_begin.size() * sizeof(int64_t)},
+                                      {block_tensor.data(), block_tensor.size() * sizeof(int32_t)}},
                                      device, offsets);
   at::Tensor workspace = at::empty({static_cast<int64_t>(total_blocks * sizeof(StatsAcc))},
                                    at::TensorOptions().dtype(at::kByte).device(device));
   const char* m = static_cast<const char*>(meta.const_data_ptr());
   launch_tensor_stats_cuda(reinterpret_cast<const TensorDesc*>(m + offsets[0]),
-                           reinterpret_cast<const int64_t*>(m + offsets[1]), n, total_blocks,
+                           reinterpret_cast<const int64_t*>(m + offsets[1]),
+                           reinterpret_cast<const int32_t*>(m + offsets[2]), n, total_blocks,
                            static_cast<StatsAcc*>(workspace.data_ptr()), out.data_ptr<double>(),
                            at::cuda::getCurrentCUDAStream(device.index()).stream());
   return out;

@@ -29,6 +29,12 @@ std::optional<DType> dtype_of(at::ScalarType st) {
   }
 }
 
+std::string shape_str(at::IntArrayRef sizes) {
+  std::string s = "[";
+  for (size_t k = 0; k < sizes.size(); ++k) s += (k ? ", " : "") + std::to_string(sizes[k]);
+  return s + "]";
+}
+
 static bool is_floating(DType d) {
   switch (d) {
     case DType::kFloat64:
@@ -48,7 +54,7 @@ static bool is_floating(DType d) {
 DType checked_dtype(const at::Tensor& t, const char* op, const char* arg, bool floating_only) {
   const auto d = dtype_of(t.scalar_type());
   TORCH_CHECK(d.has_value() && (!floating_only || is_floating(*d)), "accdump.", op, ": ", arg,
-              " has dtype ", t.scalar_type(), ", expected ",
+              " has dtype ", c10::toString(t.scalar_type()), ", expected ",
               floating_only ? "a floating dtype (float64, float32, float16, bfloat16, float8_*)"
                             : "a real floating, float8, float4, integer or bool dtype");
   return *d;

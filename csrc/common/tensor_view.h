@@ -10,6 +10,10 @@
 
 namespace accdump {
 
+// "[4, 8]": a shape for error messages. (Integers are formatted with std::to_string rather than
+// streamed: streaming them from extension code crashed against one torch build's libstdc++.)
+std::string shape_str(at::IntArrayRef sizes);
+
 // The kernels' dtype for a torch dtype; nullopt when accdump cannot read it.
 std::optional<DType> dtype_of(at::ScalarType st);
 
