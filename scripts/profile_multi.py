@@ -20,7 +20,9 @@ for _ in range(50):
     torch.ops.accdump.tensor_stats_multi.default(xs)
 raw = (time.perf_counter() - t) / 50
 torch.cuda.synchronize()
-with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA, torch.profiler.ProfilerActivity.CPU]) as p:
+with torch.profiler.profile(
+    activities=[torch.profiler.ProfilerActivity.CUDA, torch.profiler.ProfilerActivity.CPU]
+) as p:
     for _ in range(5):
         torch.ops.accdump.tensor_stats_multi.default(xs)
     torch.cuda.synchronize()
