@@ -21,6 +21,11 @@ def _tensor_stats_multi_fake(xs: Sequence[torch.Tensor]) -> torch.Tensor:
     return xs[0].new_empty((len(xs), STATS_WIDTH), dtype=torch.float64)
 
 
+@torch.library.register_fake("accdump::tensor_stats_into")
+def _tensor_stats_into_fake(x: torch.Tensor, out: torch.Tensor, row: int, workspace: torch.Tensor) -> None:
+    return None
+
+
 @torch.library.register_fake("accdump::compare_metrics")
 def _compare_metrics_fake(
     a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float, eps: float

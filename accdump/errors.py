@@ -13,3 +13,15 @@ class OpInputError(AccdumpError, ValueError):
 
 class NativeUnavailableError(AccdumpError, RuntimeError):
     """The native backend was asked for explicitly but is not usable here."""
+
+
+class DumpFormatError(AccdumpError):
+    """A dump file is missing, truncated, corrupt, or not an accdump dump of a known version."""
+
+
+class DumpExistsError(AccdumpError):
+    """The output directory already holds a recording, or another recorder is writing to it."""
+
+
+class RecordWriteError(AccdumpError):
+    """Writing a dump failed (disk full, permissions); completed steps remain readable."""

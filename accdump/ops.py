@@ -146,6 +146,30 @@ def tensor_stats_multi_raw(xs: Sequence[torch.Tensor], backend: Backend = "auto"
     return reference.tensor_stats_multi(xs)
 
 
+# Bytes of the workspace tensor_stats_into needs (csrc/stats.h: 16-byte header + 2048 partials).
+STATS_WORKSPACE_BYTES = 16 + 2048 * 96
+
+
+def stats_workspace(device: torch.device | str) -> torch.Tensor:
+    """A zero-filled workspace for tensor_stats_into on `device`; reuse it for every call on one stream."""
+    return torch.zeros(STATS_WORKSPACE_BYTES, dtype=torch.uint8, device=device)
+
+
+def tensor_stats_into(
+    x: torch.Tensor, out: torch.Tensor, row: int, workspace: torch.Tensor, backend: Backend = "auto"
+) -> None:
+    """Writes the statistics of `x` into out[row] (float64 [R, 13] on x's device): one kernel
+    launch, no allocation, no host sync. The recorder's hot path."""
+    if _use_native(backend, x.device, "tensor_stats_into"):
+        try:
+            torch.ops.accdump.tensor_stats_into.default(x, out, row, workspace)
+        except RuntimeError as exc:
+            raise _native_errors_typed("tensor_stats_into", exc) from None
+        return
+    _check_dtype(x, STATS_DTYPES, "tensor_stats_into", "x")
+    reference.tensor_stats_into(x, out, row, workspace)
+
+
 def tensor_stats(x: torch.Tensor, backend: Backend = "auto") -> TensorStats:
     """Statistics of `x` (synchronises to read them)."""
     return TensorStats.from_vector(tensor_stats_raw(x, backend).tolist())

@@ -152,6 +152,16 @@ def main() -> None:
             timer(dev, lambda: eager_stats(x), r),
             timer(dev, lambda: compiled_stats(x), r) if compiled_stats else None,
         )
+        ws = ops.stats_workspace(dev)
+        out = torch.zeros(1, len(ops.STATS_FIELDS), dtype=torch.float64, device=dev)
+        add(
+            "tensor_stats_into",
+            size,
+            nbytes,
+            timer(dev, lambda: ops.tensor_stats_into(x, out, 0, ws, backend), r),
+            timer(dev, lambda: eager_stats(x), r),
+            timer(dev, lambda: compiled_stats(x), r) if compiled_stats else None,
+        )
         add(
             "compare_metrics",
             size,

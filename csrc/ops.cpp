@@ -11,6 +11,8 @@ PyObject* PyInit__C(void) {
 }
 }
 
+int64_t accdump_stats_workspace_size();
+
 TORCH_LIBRARY(accdump, m) {
   // Statistics of one tensor in one pass, float64[13]: count, nan, +inf, -inf, zeros, min, max,
   // sum, mean, std (ddof 0), absmax, l2 norm, min |x| over non-zero finite values.
@@ -19,6 +21,12 @@ TORCH_LIBRARY(accdump, m) {
   // The same statistics for a list of tensors of any sizes and dtypes, float64[N, 13];
   // on CUDA one launch reads every tensor (plus one small launch that merges partials).
   m.def("tensor_stats_multi(Tensor[] xs) -> Tensor");
+  // The statistics of x written into out[row] (float64 [R, 13]) with a single kernel launch and
+  // no allocation: `workspace` (uint8, stats_workspace_size() bytes, zero-filled once when
+  // created, then reused) holds block partials and a completion counter. The recorder's hot
+  // path: safe inside CUDA graph capture, one workspace per stream.
+  m.def("tensor_stats_into(Tensor x, Tensor(a!) out, int row, Tensor(b!) workspace) -> ()");
+  m.def("stats_workspace_size() -> int", &accdump_stats_workspace_size);
   // Pairwise metrics of two same-shape floating tensors (dtypes may differ), float64[14]:
   // count, dot, sum a^2, sum b^2, max|a-b|, its flat index, sum|a-b|, sum (a-b)^2,
   // max |a-b|/max(|a|,eps), allclose failures (|a-b| > atol + rtol|b|), NaN mismatches,
@@ -33,6 +41,7 @@ TORCH_LIBRARY(accdump, m) {
 TORCH_LIBRARY_IMPL(accdump, Autograd, m) {
   m.impl("tensor_stats", torch::CppFunction::makeFallthrough());
   m.impl("tensor_stats_multi", torch::CppFunction::makeFallthrough());
+  m.impl("tensor_stats_into", torch::CppFunction::makeFallthrough());
   m.impl("compare_metrics", torch::CppFunction::makeFallthrough());
   m.impl("rowwise_metrics", torch::CppFunction::makeFallthrough());
 }

@@ -27,7 +27,35 @@ std::vector<TensorDesc> describe_stats_inputs(at::TensorList xs, const char* op,
   return descs;
 }
 
+TensorDesc check_stats_into(const at::Tensor& x, const at::Tensor& out, int64_t row, const at::Tensor& workspace,
+                            at::Tensor& keep) {
+  const char* op = "accdump.tensor_stats_into: ";
+  TORCH_CHECK(out.scalar_type() == at::kDouble && out.dim() == 2 && out.size(1) == kStatsFields && out.is_contiguous(),
+              op, "out must be a contiguous float64 tensor [rows, ", std::to_string(kStatsFields), "], got ",
+              c10::toString(out.scalar_type()), " ", shape_str(out.sizes()));
+  TORCH_CHECK(row >= 0 && row < out.size(0), op, "row ", std::to_string(row), " is outside out's ",
+              std::to_string(out.size(0)), " rows");
+  TORCH_CHECK(out.device() == x.device(), op, "out is on ", out.device().str(), " but x is on ", x.device().str());
+  TORCH_CHECK(workspace.device() == x.device() && workspace.scalar_type() == at::kByte && workspace.is_contiguous() &&
+                  workspace.numel() >= stats_workspace_bytes(),
+              op, "workspace must be a contiguous uint8 tensor of at least ", std::to_string(stats_workspace_bytes()),
+              " bytes on x's device");
+  const DType dt = checked_dtype(x, "tensor_stats_into", "x", false);
+  auto d = describe(x, dt, /*any_order=*/true);
+  if (!d) {
+    keep = x.contiguous();
+    d = describe(keep, dt, true);
+  }
+  return *d;
+}
+
 namespace {
+
+void tensor_stats_into_cpu(const at::Tensor& x, at::Tensor& out, int64_t row, at::Tensor& workspace) {
+  at::Tensor keep;
+  const TensorDesc d = check_stats_into(x, out, row, workspace, keep);
+  tensor_stats_cpu_kernel(d, out.data_ptr<double>() + row * kStatsFields);
+}
 
 at::Tensor stats_cpu(at::TensorList xs, const char* op) {
   std::vector<at::Tensor> keep;
@@ -47,6 +75,9 @@ at::Tensor tensor_stats_cpu(const at::Tensor& x) { return stats_cpu({x}, "tensor
 TORCH_LIBRARY_IMPL(accdump, CPU, m) {
   m.impl("tensor_stats", &tensor_stats_cpu);
   m.impl("tensor_stats_multi", &tensor_stats_multi_cpu);
+  m.impl("tensor_stats_into", &tensor_stats_into_cpu);
 }
 
 }  // namespace accdump
+
+int64_t accdump_stats_workspace_size() { return accdump::stats_workspace_bytes(); }

@@ -125,13 +125,25 @@ void launch_tensor_stats_cuda(const TensorDesc* descs, const int64_t* block_begi
                               int64_t n, int64_t total_blocks, StatsAcc* workspace, double* out,
                               cudaStream_t stream);
 
+// Single-launch statistics of one tensor into out[kStatsFields]: `workspace` starts with a
+// zeroed completion counter (16 bytes) followed by room for stats_blocks_for(values) partials;
+// the last block to finish merges them in fixed order and resets the counter.
+void launch_tensor_stats_into_cuda(const TensorDesc& d, void* workspace, double* out, cudaStream_t stream);
+
+constexpr int64_t kStatsMaxBlocks = 2048;
+constexpr int64_t kStatsWorkspaceHeader = 16;
+
+// Bytes of the workspace tensor_stats_into needs.
+inline int64_t stats_workspace_bytes() {
+  return kStatsWorkspaceHeader + kStatsMaxBlocks * static_cast<int64_t>(sizeof(StatsAcc));
+}
+
 // Blocks to give a tensor of `values` values on CUDA (fixed by size alone, so results do not
 // depend on the device model).
 inline int64_t stats_blocks_for(int64_t values) {
   constexpr int64_t kValuesPerBlock = 256 * 32;
-  constexpr int64_t kMaxBlocks = 2048;
   int64_t b = (values + kValuesPerBlock - 1) / kValuesPerBlock;
-  return b < 1 ? 1 : (b > kMaxBlocks ? kMaxBlocks : b);
+  return b < 1 ? 1 : (b > kStatsMaxBlocks ? kStatsMaxBlocks : b);
 }
 
 }  // namespace accdump

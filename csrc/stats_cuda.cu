@@ -167,7 +167,61 @@ __global__ void __launch_bounds__(kThreads) stats_final_kernel(const TensorDesc*
   }
 }
 
+// Reads a partial written by another block of this grid (bypassing L1, after its fence).
+__device__ StatsAcc load_partial(const StatsAcc* p) {
+  StatsAcc out;
+  const auto* src = reinterpret_cast<const unsigned long long*>(p);
+  auto* dst = reinterpret_cast<unsigned long long*>(&out);
+#pragma unroll
+  for (int i = 0; i < static_cast<int>(sizeof(StatsAcc) / 8); ++i) dst[i] = __ldcg(src + i);
+  return out;
+}
+
+__device__ void finalize_tensor(const TensorDesc& d, const StatsAcc& acc, double* out) {
+  double first = 0.0;
+  ACCDUMP_DISPATCH_DTYPE(d.dtype, first = first_value<DT>(d));
+  stats_finalize(acc, d.numel * values_per_element(d.dtype), stats_shift(first), out);
+}
+
+__global__ void __launch_bounds__(kThreads) stats_into_kernel(const TensorDesc d, unsigned* counter,
+                                                              StatsAcc* partials, double* out) {
+  __shared__ StatsAcc smem[32];
+  __shared__ bool is_last;
+  StatsAcc acc;
+  acc.init();
+  ACCDUMP_DISPATCH_DTYPE(d.dtype, accumulate<DT>(d, blockIdx.x, gridDim.x, acc));
+  block_merge(acc, smem);
+  if (gridDim.x == 1) {
+    if (threadIdx.x == 0) finalize_tensor(d, acc, out);
+    return;
+  }
+  if (threadIdx.x == 0) {
+    partials[blockIdx.x] = acc;
+    __threadfence();
+    is_last = atomicAdd(counter, 1u) == gridDim.x - 1;
+  }
+  __syncthreads();
+  if (!is_last) return;
+  __threadfence();
+  StatsAcc total;
+  total.init();
+  for (unsigned b = threadIdx.x; b < gridDim.x; b += blockDim.x) total.merge(load_partial(partials + b));
+  block_merge(total, smem);
+  if (threadIdx.x == 0) {
+    finalize_tensor(d, total, out);
+    *counter = 0;  // ready for the next launch on this stream
+  }
+}
+
 }  // namespace
+
+void launch_tensor_stats_into_cuda(const TensorDesc& d, void* workspace, double* out, cudaStream_t stream) {
+  const int64_t blocks = stats_blocks_for(d.numel * values_per_element(d.dtype));
+  auto* counter = static_cast<unsigned*>(workspace);
+  auto* partials = reinterpret_cast<StatsAcc*>(static_cast<char*>(workspace) + kStatsWorkspaceHeader);
+  stats_into_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(d, counter, partials, out);
+  ACCDUMP_LAUNCH_CHECK();
+}
 
 void launch_tensor_stats_cuda(const TensorDesc* descs, const int64_t* block_begin, const int32_t* block_tensor,
                               int64_t n, int64_t total_blocks, StatsAcc* workspace, double* out,

@@ -45,6 +45,14 @@ at::Tensor stats_cuda(at::TensorList xs, const char* op) {
   return out;
 }
 
+void tensor_stats_into_cuda(const at::Tensor& x, at::Tensor& out, int64_t row, at::Tensor& workspace) {
+  at::Tensor keep;
+  const TensorDesc d = check_stats_into(x, out, row, workspace, keep);
+  const c10::cuda::CUDAGuard guard(x.device());
+  launch_tensor_stats_into_cuda(d, workspace.data_ptr(), out.data_ptr<double>() + row * kStatsFields,
+                                at::cuda::getCurrentCUDAStream(x.device().index()).stream());
+}
+
 at::Tensor tensor_stats_multi_cuda(at::TensorList xs) { return stats_cuda(xs, "tensor_stats_multi"); }
 
 at::Tensor tensor_stats_cuda(const at::Tensor& x) { return stats_cuda({x}, "tensor_stats").squeeze(0); }
@@ -54,6 +62,7 @@ at::Tensor tensor_stats_cuda(const at::Tensor& x) { return stats_cuda({x}, "tens
 TORCH_LIBRARY_IMPL(accdump, CUDA, m) {
   m.impl("tensor_stats", &tensor_stats_cuda);
   m.impl("tensor_stats_multi", &tensor_stats_multi_cuda);
+  m.impl("tensor_stats_into", &tensor_stats_into_cuda);
 }
 
 }  // namespace accdump

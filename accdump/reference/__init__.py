@@ -4,6 +4,6 @@ Each computes in float64 with plain, obviously-correct torch code; speed is seco
 """
 
 from accdump.reference.metrics import compare_metrics, rowwise_metrics
-from accdump.reference.stats import tensor_stats, tensor_stats_multi
+from accdump.reference.stats import tensor_stats, tensor_stats_into, tensor_stats_multi
 
-__all__ = ["compare_metrics", "rowwise_metrics", "tensor_stats", "tensor_stats_multi"]
+__all__ = ["compare_metrics", "rowwise_metrics", "tensor_stats", "tensor_stats_into", "tensor_stats_multi"]

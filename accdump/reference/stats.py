@@ -45,3 +45,8 @@ def tensor_stats_multi(xs: Sequence[torch.Tensor]) -> torch.Tensor:
     if not xs:
         return torch.empty((0, STATS_WIDTH), dtype=torch.float64)
     return torch.stack([tensor_stats(x) for x in xs])
+
+
+def tensor_stats_into(x: torch.Tensor, out: torch.Tensor, row: int, workspace: torch.Tensor) -> None:
+    """Writes tensor_stats(x) into out[row] (the workspace is only used by the native kernel)."""
+    out[row] = tensor_stats(x).to(out.device)

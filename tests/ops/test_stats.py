@@ -212,3 +212,63 @@ def test_compiles_without_graph_break(device):
         return torch.ops.accdump.tensor_stats.default(t * 2)
 
     torch.testing.assert_close(f(x), ops.tensor_stats_raw(x * 2), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float8_e4m3fn, torch.int32], ids=str)
+@pytest.mark.parametrize("numel", [1, 4096, 3_000_017])
+def test_stats_into_matches(dtype, numel, device, backend, gen):
+    ws = ops.stats_workspace(device)
+    out = torch.full((3, len(ops.STATS_FIELDS)), -7.0, dtype=torch.float64, device=device)
+    x = random_tensor(dtype, (numel,), gen).to(device)
+    ops.tensor_stats_into(x, out, 1, ws, backend=backend)
+    ops.tensor_stats_into(x[::2], out, 2, ws, backend=backend)  # the workspace is reused
+    assert (out[0] == -7.0).all()
+    assert_stats(ops.TensorStats.from_vector(out[1].tolist()), x)
+    assert_stats(ops.TensorStats.from_vector(out[2].tolist()), x[::2])
+    again = out.clone()
+    ops.tensor_stats_into(x, again, 1, ws, backend=backend)
+    assert torch.equal(again, out)  # bit-identical on repeat
+
+
+def test_stats_into_errors(device):
+    if not ops.native_available(device):
+        pytest.skip(ops.backend_reason())
+    ws = ops.stats_workspace(device)
+    x = torch.ones(4, device=device)
+    with pytest.raises(OpInputError, match="row 5 is outside out's 2 rows"):
+        ops.tensor_stats_into(x, torch.zeros(2, 13, dtype=torch.float64, device=device), 5, ws)
+    with pytest.raises(OpInputError, match="out must be a contiguous float64 tensor"):
+        ops.tensor_stats_into(x, torch.zeros(2, 13, device=device), 0, ws)
+    with pytest.raises(OpInputError, match="workspace must be"):
+        ops.tensor_stats_into(x, torch.zeros(2, 13, dtype=torch.float64, device=device), 0, ws[:10])
+
+
+def test_workspace_size_matches_native():
+    if not ops.native_available("cpu"):
+        pytest.skip(ops.backend_reason())
+    assert torch.ops.accdump.stats_workspace_size() == ops.STATS_WORKSPACE_BYTES
+
+
+def test_stats_into_opcheck(device):
+    if not ops.native_available(device):
+        pytest.skip(ops.backend_reason())
+    out = torch.zeros(2, 13, dtype=torch.float64, device=device)
+    torch.library.opcheck(
+        torch.ops.accdump.tensor_stats_into.default,
+        (torch.randn(100, device=device), out, 1, ops.stats_workspace(device)),
+    )
+
+
+@pytest.mark.cuda
+def test_stats_into_cuda_graph_replay(gen):
+    x = torch.randn(1 << 20, generator=gen).cuda()
+    ws = ops.stats_workspace("cuda")
+    out = torch.zeros(1, 13, dtype=torch.float64, device="cuda")
+    ops.tensor_stats_into(x, out, 0, ws)  # warm-up outside capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        ops.tensor_stats_into(x, out, 0, ws)
+    x.copy_(torch.randn(1 << 20, generator=gen).cuda() * 3)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert_stats(ops.TensorStats.from_vector(out[0].tolist()), x)
