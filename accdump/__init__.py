@@ -1,7 +1,59 @@
-"""accdump: find where a neural-network inference run goes numerically wrong."""
+"""accdump: find where a neural-network inference run goes numerically wrong.
 
-from accdump.errors import AccdumpError, NativeUnavailableError, OpInputError
+    with accdump.record(model, "dumps/golden"):
+        model.generate(...)
+    dump = accdump.load("dumps/golden")
+
+Heavy modules load on first use: importing accdump never initialises CUDA.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from accdump.errors import (
+    AccdumpError,
+    DumpExistsError,
+    DumpFormatError,
+    NativeUnavailableError,
+    OpInputError,
+    RecordWriteError,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["AccdumpError", "NativeUnavailableError", "OpInputError", "__version__"]
+if TYPE_CHECKING:
+    from accdump.capture import Recorder, probe, record
+    from accdump.store import Dump, load
+
+_LAZY = {
+    "record": "accdump.capture",
+    "probe": "accdump.capture",
+    "Recorder": "accdump.capture",
+    "load": "accdump.store",
+    "Dump": "accdump.store",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'accdump' has no attribute {name!r}")
+
+
+__all__ = [
+    "AccdumpError",
+    "DumpExistsError",
+    "DumpFormatError",
+    "Dump",
+    "NativeUnavailableError",
+    "OpInputError",
+    "RecordWriteError",
+    "Recorder",
+    "__version__",
+    "load",
+    "probe",
+    "record",
+]

@@ -1,10 +1,15 @@
-"""`accdump` command: subcommands map library errors to one line and exit status 2."""
+"""`accdump` command line: record, show, selfcheck. Errors become one line and exit status 2."""
 
 from __future__ import annotations
+
+import sys
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from accdump.cli._errors import report
 
 app = typer.Typer(
     help="Find where an inference run goes numerically wrong.",
@@ -13,11 +18,85 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
+if not console.is_terminal:
+    console = Console(width=200)  # plain text for pipes and logs: wide rather than truncated
+_state = {"debug": False}
 
 
 @app.callback()
-def _root() -> None:
+def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False) -> None:
     """Find where an inference run goes numerically wrong."""
+    _state["debug"] = debug
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def record(
+    ctx: typer.Context,
+    output: Annotated[str, typer.Option("-o", "--output", help="Dump directory to write.")],
+    mode: Annotated[str, typer.Option(help="stats | tensor | hash")] = "stats",
+    level: Annotated[str, typer.Option(help="module | op | all")] = "module",
+    include: Annotated[list[str] | None, typer.Option(help="Record only names matching this glob.")] = None,
+    exclude: Annotated[list[str] | None, typer.Option(help="Skip names matching this glob.")] = None,
+    module_type: Annotated[list[str] | None, typer.Option(help="Record only modules of this class.")] = None,
+    op: Annotated[list[str] | None, typer.Option(help="Record only ATen ops matching this glob.")] = None,
+    steps: Annotated[str | None, typer.Option(help="Steps to record, e.g. 0,3-5.")] = None,
+    ranks: Annotated[str | None, typer.Option(help="Ranks to record, e.g. 0-3.")] = None,
+    role: Annotated[
+        list[str] | None, typer.Option(help="input | output | parameter | probe | tokens")
+    ] = None,
+    max_tensor_mb: Annotated[
+        float | None, typer.Option(help="Keep only statistics of larger tensors.")
+    ] = None,
+    params: Annotated[bool, typer.Option(help="Also record parameters (once).")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace a recording already in the directory.")] = False,
+    strict: Annotated[bool, typer.Option(help="Fail the run if the dump cannot be written.")] = False,
+    meta: Annotated[list[str] | None, typer.Option(help="KEY=VALUE metadata to store.")] = None,
+) -> None:
+    """Run a command unchanged while recording every module it runs.
+
+    Example: accdump record -o dumps/golden -- python run_model.py --prompt "hi"
+    """
+    from accdump.cli.record import options_from_cli, run_recorded
+
+    command = list(ctx.args)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise typer.BadParameter("give the command to run after --, e.g. -- python script.py")
+    opts = options_from_cli(
+        mode,
+        level,
+        include or [],
+        exclude or [],
+        module_type or [],
+        op or [],
+        steps,
+        ranks,
+        role or [],
+        max_tensor_mb,
+        params,
+        overwrite,
+        strict,
+        meta or [],
+    )
+    raise typer.Exit(run_recorded(output, opts, command))
+
+
+@app.command()
+def show(
+    path: Annotated[str, typer.Argument(help="Dump directory.")],
+    name: Annotated[str | None, typer.Argument(help="Glob of record names to list.")] = None,
+    rank: Annotated[int | None, typer.Option(help="Only this rank.")] = None,
+    step: Annotated[int | None, typer.Option(help="Only this step.")] = None,
+    limit: Annotated[int, typer.Option(help="Most records to list.")] = 200,
+) -> None:
+    """Summarise a dump; with NAME, list matching records and their statistics.
+
+    Example: accdump show dumps/golden 'model.layers.3.*'
+    """
+    from accdump.cli.show import show as show_dump
+
+    show_dump(path, name, rank, step, limit, console)
 
 
 @app.command()
@@ -42,7 +121,21 @@ def selfcheck() -> None:
 
 
 def main() -> None:
-    app()
+    try:
+        rc = app(standalone_mode=False)
+        if isinstance(rc, int):
+            sys.exit(rc)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001  (every failure becomes one line and status 2)
+        if type(exc).__name__ == "Abort":  # Ctrl-C at a prompt
+            sys.exit(130)
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # a usage error from the CLI parser
+            exc.show()
+            sys.exit(2)
+        sys.exit(report(exc, _state["debug"]))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,68 @@
+"""Op-level capture: a TorchDispatchMode that records each ATen op's tensor inputs and outputs,
+named by the enclosing module call: 'model.layers.3.self_attn/softmax.0'."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from accdump.store.schema import Role
+
+if TYPE_CHECKING:
+    from accdump.capture.recorder import Recorder
+
+# Ops whose output is uninitialised memory or pure metadata: nothing to learn from their values.
+_SKIP = frozenset(
+    {
+        "empty",
+        "empty_like",
+        "empty_strided",
+        "new_empty",
+        "new_empty_strided",
+        "detach",
+        "lift_fresh",
+        "_local_scalar_dense",
+        "set_",
+        "resize_",
+        "record_stream",
+    }
+)
+
+
+class OpCaptureMode(TorchDispatchMode):
+    def __init__(self, recorder: Recorder):
+        super().__init__()
+        self.rec = recorder
+
+    def __torch_dispatch__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        rec = self.rec
+        op = func.overloadpacket.__name__
+        if (
+            not rec.enabled
+            or rec._in_capture
+            or func.namespace == "accdump"
+            or func.is_view
+            or op in _SKIP
+            or not rec.filters.wants_op(op)
+        ):
+            return func(*args, **kwargs)
+        buf = rec._open_step()
+        if buf is None:
+            return func(*args, **kwargs)
+        name = rec.op_name(op)
+        if not rec.filters.wants_name(name):
+            return func(*args, **kwargs)
+        # inputs before the op runs (an in-place op would change them), outputs after
+        rec._capture_all(buf, args, name, 0, Role.INPUT, op)
+        rec._capture_all(buf, kwargs, name, 0, Role.INPUT, op)
+        out = func(*args, **kwargs)
+        rec._capture_all(buf, out, name, 0, Role.OUTPUT, op)
+        return out
+
+
+__all__ = ["OpCaptureMode", "torch"]

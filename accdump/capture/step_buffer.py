@@ -1,0 +1,97 @@
+"""What one step captured: record metadata, statistics rows on each device, full tensors and
+fingerprints in flight to the host."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from accdump import ops
+
+CHUNK_ROWS = 256
+
+
+@dataclass
+class Capture:
+    """Metadata of one captured tensor; the numbers arrive later from the device."""
+
+    order: int
+    name: str
+    call: int
+    role: int
+    arg: str
+    kind: str
+    dtype: str
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]
+    storage_offset: int
+    contiguous: bool
+    device: str
+    stats_index: int  # row in the step's statistics rows of this device
+    tensor: torch.Tensor | None = None  # host copy (pinned for CUDA), filled asynchronously
+    hash_index: int = -1
+
+
+class DeviceRows:
+    """float64 [rows, K] buffers on one device, grown in chunks (no reallocation mid-step)."""
+
+    def __init__(self, device: torch.device, width: int, dtype: torch.dtype):
+        self.device, self.width, self.dtype = device, width, dtype
+        self.chunks: list[torch.Tensor] = []
+        self.next_row = CHUNK_ROWS
+
+    def take(self) -> tuple[torch.Tensor, int, int]:
+        """A free row: (its chunk, its row in the chunk, its index over all chunks)."""
+        if self.next_row == CHUNK_ROWS:
+            self.chunks.append(torch.zeros(CHUNK_ROWS, self.width, dtype=self.dtype, device=self.device))
+            self.next_row = 0
+        row = self.next_row
+        self.next_row += 1
+        return self.chunks[-1], row, (len(self.chunks) - 1) * CHUNK_ROWS + row
+
+    def to_host(self) -> list[torch.Tensor]:
+        """Copies every chunk to host memory without blocking (pinned for CUDA)."""
+        if self.device.type == "cpu":
+            return self.chunks
+        out = []
+        for c in self.chunks:
+            h = torch.empty(c.shape, dtype=c.dtype, pin_memory=True)
+            h.copy_(c, non_blocking=True)
+            out.append(h)
+        return out
+
+
+@dataclass
+class StepBuffer:
+    step: int
+    captures: list[Capture] = field(default_factory=list)
+    stats: dict[torch.device, DeviceRows] = field(default_factory=dict)
+    hashes: dict[torch.device, DeviceRows] = field(default_factory=dict)
+    calls: dict[str, int] = field(default_factory=dict)
+    root_op_counts: dict[str, int] = field(default_factory=dict)  # ops run outside any module
+    has_tokens: bool = False
+
+    def stats_rows(self, device: torch.device) -> DeviceRows:
+        rows = self.stats.get(device)
+        if rows is None:
+            rows = self.stats[device] = DeviceRows(device, len(ops.STATS_FIELDS), torch.float64)
+        return rows
+
+    def hash_rows(self, device: torch.device) -> DeviceRows:
+        rows = self.hashes.get(device)
+        if rows is None:
+            rows = self.hashes[device] = DeviceRows(device, 2, torch.int64)
+        return rows
+
+
+@dataclass
+class StepPayload:
+    """A finished step handed to the writer thread: host buffers plus the events to wait on."""
+
+    step: int
+    captures: list[Capture]
+    stats: dict[str, list[torch.Tensor]]
+    hashes: dict[str, list[torch.Tensor]]
+    events: list[Any]

@@ -1,0 +1,212 @@
+"""Reads dumps: `accdump.load(DIR)` gives a Dump whose records stream segment by segment."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+
+from accdump.errors import DumpFormatError
+from accdump.ops import STATS_FIELDS, TensorStats
+from accdump.store.dtypes import dtype_from_name, tensor_from_bytes
+from accdump.store.schema import FORMAT_NAME, FORMAT_VERSION, HEAP, RECORD_DTYPE, RECORDS, SEGMENT_GLOB, Role
+
+
+@dataclass(frozen=True)
+class Record:
+    """One captured tensor: where it came from, its layout and statistics."""
+
+    rank: int
+    step: int
+    order: int
+    name: str
+    call: int
+    role: Role
+    arg: str
+    kind: str
+    dtype: str
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]
+    storage_offset: int
+    contiguous: bool
+    device: str
+    stats: TensorStats
+    hash: str
+    segment: Path
+    heap_offset: int
+    heap_nbytes: int
+
+    @property
+    def has_tensor(self) -> bool:
+        return self.heap_offset >= 0
+
+    @property
+    def key(self) -> tuple[int, int, str, int, int, str]:
+        """(rank, step, name, call, role, arg): what compare pairs records by."""
+        return (self.rank, self.step, self.name, self.call, int(self.role), self.arg)
+
+
+def _attr(value: Any) -> Any:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class Segment:
+    """One segment file: its attributes and record table, read once."""
+
+    def __init__(self, path: Path, rank: int):
+        self.path = path
+        self.rank = rank
+        try:
+            with h5py.File(path, "r") as f:
+                self.attrs = {k: _attr(v) for k, v in f.attrs.items()}
+                if self.attrs.get("format") != FORMAT_NAME:
+                    raise DumpFormatError(
+                        f"{path}: not an accdump segment (format attribute is {self.attrs.get('format')!r})"
+                    )
+                version = int(self.attrs.get("format_version", -1))
+                if version != FORMAT_VERSION:
+                    raise DumpFormatError(
+                        f"{path}: format version {version} is not supported "
+                        f"(this accdump reads version {FORMAT_VERSION})"
+                    )
+                if RECORDS not in f or HEAP not in f:
+                    raise DumpFormatError(f"{path}: missing the {RECORDS!r} or {HEAP!r} dataset")
+                rows = f[RECORDS][...]
+                self.heap_size = int(f[HEAP].shape[0])
+        except DumpFormatError:
+            raise
+        except Exception as exc:  # h5py raises OSError / KeyError / ValueError on damaged files
+            raise DumpFormatError(f"{path}: unreadable (truncated or corrupt HDF5 file): {exc}") from exc
+        missing = set(RECORD_DTYPE.names or ()) - set(rows.dtype.names or ())
+        if missing:
+            raise DumpFormatError(f"{path}: record table lacks columns {sorted(missing)}")
+        self.rows = rows
+
+    def records(self) -> Iterator[Record]:
+        for r in self.rows:
+            off, nbytes = int(r["heap_offset"]), int(r["heap_nbytes"])
+            if off >= 0 and (off + nbytes > self.heap_size or nbytes < 0):
+                raise DumpFormatError(f"{self.path}: record {r['name']!r} points outside the tensor heap")
+            yield Record(
+                rank=self.rank,
+                step=int(r["step"]),
+                order=int(r["order"]),
+                name=_attr(r["name"]),
+                call=int(r["call"]),
+                role=Role(int(r["role"])),
+                arg=_attr(r["arg"]),
+                kind=_attr(r["kind"]),
+                dtype=_attr(r["dtype"]),
+                shape=tuple(int(s) for s in r["shape"]),
+                strides=tuple(int(s) for s in r["strides"]),
+                storage_offset=int(r["storage_offset"]),
+                contiguous=bool(r["contiguous"]),
+                device=_attr(r["device"]),
+                stats=TensorStats.from_vector([float(r[f]) for f in STATS_FIELDS]),
+                hash=_attr(r["hash"]),
+                segment=self.path,
+                heap_offset=off,
+                heap_nbytes=nbytes,
+            )
+
+
+class Dump:
+    """A dump directory: ranks, their segments, records and tensors."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise DumpFormatError(f"{self.path}: no such dump directory")
+        if self.path.is_file():
+            raise DumpFormatError(f"{self.path}: a dump is a directory (rankNNNNN/seg*.h5), got a file")
+        self._rank_dirs: dict[int, Path] = {}
+        for d in sorted(self.path.glob("rank*")):
+            suffix = d.name.removeprefix("rank")
+            if d.is_dir() and suffix.isdigit():
+                self._rank_dirs[int(suffix)] = d
+        if not self._rank_dirs:
+            raise DumpFormatError(f"{self.path}: holds no rankNNNNN directories: not an accdump dump")
+
+    @property
+    def ranks(self) -> list[int]:
+        return sorted(self._rank_dirs)
+
+    def segment_paths(self, rank: int) -> list[Path]:
+        # temporary names (.segN.h5.tmp) of a writer that died are ignored by the glob
+        return sorted(self._rank_dirs[rank].glob(SEGMENT_GLOB))
+
+    @cached_property
+    def _segments(self) -> dict[int, list[Segment]]:
+        return {rank: [Segment(p, rank) for p in self.segment_paths(rank)] for rank in self.ranks}
+
+    def meta(self, rank: int | None = None) -> dict[str, Any]:
+        """The run's metadata (root attributes) as written by `rank` (default: the first)."""
+        segs = self._segments[self.ranks[0] if rank is None else rank]
+        if not segs:
+            return {}
+        meta = {k: v for k, v in segs[0].attrs.items() if k not in ("segment", "steps")}
+        for key in ("command_line", "user_metadata"):
+            if isinstance(meta.get(key), str):
+                meta[key] = json.loads(meta[key])
+        return meta
+
+    def steps(self, rank: int | None = None) -> list[int]:
+        ranks = self.ranks if rank is None else [rank]
+        found = {int(s) for r in ranks for seg in self._segments[r] for s in np.unique(seg.rows["step"])}
+        return sorted(found)
+
+    def records(
+        self,
+        rank: int | None = None,
+        step: int | None = None,
+        name: str | None = None,
+        role: Role | None = None,
+    ) -> Iterator[Record]:
+        """Records in execution order (per rank), optionally filtered; `name` is a glob."""
+        for r in self.ranks if rank is None else [rank]:
+            for seg in self._segments[r]:
+                for rec in seg.records():
+                    if step is not None and rec.step != step:
+                        continue
+                    if role is not None and rec.role != role:
+                        continue
+                    if name is not None and not fnmatch.fnmatchcase(rec.name, name):
+                        continue
+                    yield rec
+
+    def __iter__(self) -> Iterator[Record]:
+        return self.records()
+
+    def __len__(self) -> int:
+        return sum(len(seg.rows) for segs in self._segments.values() for seg in segs)
+
+    def nbytes(self) -> int:
+        return sum(p.stat().st_size for r in self.ranks for p in self.segment_paths(r))
+
+    def tensor(self, record: Record) -> torch.Tensor:
+        """The full tensor of `record` (bit-exact, original dtype and shape; contiguous)."""
+        if not record.has_tensor:
+            raise DumpFormatError(
+                f"{record.name} ({record.role.name.lower()} {record.arg}, step {record.step}) "
+                "was recorded without its tensor (use --mode tensor)"
+            )
+        try:
+            with h5py.File(record.segment, "r") as f:
+                raw = f[HEAP][record.heap_offset : record.heap_offset + record.heap_nbytes]
+        except Exception as exc:
+            raise DumpFormatError(f"{record.segment}: cannot read tensor of {record.name}: {exc}") from exc
+        return tensor_from_bytes(raw, dtype_from_name(record.dtype), record.shape)
+
+
+def load(path: str | os.PathLike[str]) -> Dump:
+    """Opens a dump directory for reading."""
+    return Dump(path)

@@ -1,0 +1,108 @@
+"""Writes one rank's dump as a series of segment files, each complete and atomically renamed.
+
+A kill or a full disk loses at most the segment in flight: every segment is written under a
+temporary name, fsynced, closed and renamed into place (atomic on POSIX), so readers only ever see
+complete files. A lock file keeps two recorders out of one rank directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from accdump.errors import DumpExistsError, RecordWriteError
+from accdump.store.schema import HEAP, RECORD_DTYPE, RECORDS, SEGMENT_GLOB
+
+LOCK_NAME = "writer.lock"
+
+
+def rank_dir_name(rank: int) -> str:
+    return f"rank{rank:05d}"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class SegmentWriter:
+    """Writes segments seg00000000.h5, seg00000001.h5, ... into DIR/rankNNNNN."""
+
+    def __init__(
+        self, root: str | os.PathLike[str], rank: int, run_attrs: dict[str, Any], overwrite: bool = False
+    ):
+        self.dir = Path(root) / rank_dir_name(rank)
+        self.run_attrs = run_attrs
+        self._seq = 0
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = os.open(self.dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise RecordWriteError(f"cannot create dump directory {self.dir}: {exc}") from exc
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise DumpExistsError(
+                f"{self.dir} is being written by another recorder (lock {self.dir / LOCK_NAME} is held)"
+            ) from None
+        existing = sorted(self.dir.glob(SEGMENT_GLOB))
+        if existing and not overwrite:
+            self.close()
+            raise DumpExistsError(
+                f"{self.dir} already holds a recording ({len(existing)} segment(s)); "
+                "choose a new output directory or pass overwrite=True (--overwrite)"
+            )
+        for old in existing:
+            old.unlink()
+
+    def write(self, rows: np.ndarray, heap: list[np.ndarray], attrs: dict[str, Any]) -> Path:
+        """Writes one segment: `rows` (RECORD_DTYPE) and the concatenated `heap` byte arrays."""
+        final = self.dir / f"seg{self._seq:08d}.h5"
+        tmp = self.dir / f".seg{self._seq:08d}.h5.tmp"
+        try:
+            with h5py.File(tmp, "w") as f:
+                for key, value in {**self.run_attrs, **attrs, "segment": self._seq}.items():
+                    f.attrs[key] = value
+                f.create_dataset(RECORDS, data=rows.astype(RECORD_DTYPE, copy=False))
+                total = sum(int(h.size) for h in heap)
+                ds = f.create_dataset(HEAP, shape=(total,), dtype=np.uint8)
+                offset = 0
+                for h in heap:
+                    if h.size:
+                        ds[offset : offset + h.size] = h
+                    offset += int(h.size)
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, final)
+            _fsync_dir(self.dir)
+        except Exception as exc:  # h5py reports a full disk as OSError or RuntimeError
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise RecordWriteError(f"writing {final} failed: {exc}") from exc
+        self._seq += 1
+        return final
+
+    def close(self) -> None:
+        if self._lock_fd >= 0:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                os.close(self._lock_fd)
+            self._lock_fd = -1
+
+
+def json_attr(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)

@@ -1,0 +1,154 @@
+"""Recording overhead on a transformers Llama built from a config (random weights, no downloads).
+
+Times the forward pass plain, with module hooks that do nothing, and under accdump.record in
+stats mode (module and op level) and tensor mode; prints a table and writes JSON.
+
+    python benchmarks/bench_record.py                 # H100 preset: 16 layers, hidden 2048, seq 512, bf16
+    python benchmarks/bench_record.py --preset cpu    # 4 layers, hidden 256, prefill 32 + 4 decode steps
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+import accdump
+
+PRESETS = {
+    "gpu": dict(
+        layers=16, hidden=2048, inter=5632, heads=16, vocab=32000, seq=512, dtype="bfloat16", device="cuda"
+    ),
+    "cpu": dict(layers=4, hidden=256, inter=688, heads=8, vocab=1024, seq=32, dtype="float32", device="cpu"),
+}
+
+
+def build_model(p: dict) -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        hidden_size=p["hidden"],
+        intermediate_size=p["inter"],
+        num_hidden_layers=p["layers"],
+        num_attention_heads=p["heads"],
+        num_key_value_heads=p["heads"],
+        vocab_size=p["vocab"],
+        max_position_embeddings=4096,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg).to(dtype=getattr(torch, p["dtype"]), device=p["device"]).eval()
+    return model
+
+
+def time_it(fn: Callable[[], object], device: str, reps: int) -> float:
+    for _ in range(2):
+        fn()
+    times = []
+    for _ in range(reps):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--preset", choices=sorted(PRESETS), default="gpu" if torch.cuda.is_available() else "cpu"
+    )
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--json", default="bench_record.json")
+    ap.add_argument("--skip-op", action="store_true", help="skip the (slow) op-level row")
+    args = ap.parse_args()
+    p = PRESETS[args.preset]
+    dev = p["device"]
+    model = build_model(p)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    ids = torch.randint(0, p["vocab"], (1, p["seq"]), generator=gen).to(dev)
+
+    if args.preset == "cpu":
+
+        def run() -> object:
+            with torch.no_grad():
+                return model.generate(ids, max_new_tokens=4, do_sample=False, min_new_tokens=4)
+
+        what = f"generate: prefill {p['seq']} + 4 decode steps"
+    else:
+
+        def run() -> object:
+            with torch.no_grad():
+                return model(ids)
+
+        what = f"forward, seq {p['seq']}"
+
+    rows: list[dict] = []
+    plain = time_it(run, dev, args.reps)
+    rows.append({"config": "plain", "seconds": plain, "ratio": 1.0})
+
+    handles = [m.register_forward_hook(lambda *a: None) for m in model.modules()]
+    rows.append({"config": "hooks that do nothing", "seconds": time_it(run, dev, args.reps)})
+    for h in handles:
+        h.remove()
+
+    tmp = Path(tempfile.mkdtemp(prefix="accdump-bench-"))
+    configs = [
+        ("stats, module level", dict(mode="stats", level="module"), args.reps),
+        ("hash, module level", dict(mode="hash", level="module"), args.reps),
+        ("tensor, module level", dict(mode="tensor", level="module"), max(3, args.reps // 3)),
+    ]
+    if not args.skip_op:
+        configs.insert(1, ("stats, op level", dict(mode="stats", level="op"), max(3, args.reps // 3)))
+    for label, kw, reps in configs:
+        out = tmp / label.replace(", ", "_").replace(" ", "_")
+        with accdump.record(model, out, **kw) as rec:
+            t = time_it(run, dev, reps)
+        dump = accdump.load(out)
+        row = {
+            "config": label,
+            "seconds": t,
+            "records_per_run": len(dump) // max(1, len(dump.steps()) // (1 if args.preset == "gpu" else 5)),
+            "dump_mib": dump.nbytes() / 2**20,
+        }
+        if kw["mode"] == "tensor" and rec._writer is not None and rec._writer.seconds_writing:
+            row["write_gbps"] = rec._writer.bytes_written / rec._writer.seconds_writing / 1e9
+        rows.append(row)
+        shutil.rmtree(out, ignore_errors=True)
+    for r in rows:
+        r["ratio"] = r["seconds"] / plain
+    name = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
+    table = Table(
+        title=f"accdump record overhead: Llama {p['layers']}L h{p['hidden']} {p['dtype']} on {name} ({what})"
+    )
+    for c in ("config", "ms", "× plain", "records/run", "dump MiB", "write GB/s"):
+        table.add_column(c, justify="right")
+    for r in rows:
+        table.add_row(
+            r["config"],
+            f"{r['seconds'] * 1e3:.2f}",
+            f"{r['ratio']:.2f}",
+            str(r.get("records_per_run", "-")),
+            f"{r['dump_mib']:.1f}" if "dump_mib" in r else "-",
+            f"{r['write_gbps']:.2f}" if "write_gbps" in r else "-",
+        )
+    Console(width=160).print(table)
+    Path(args.json).write_text(
+        json.dumps({"device": name, "preset": p, "what": what, "rows": rows}, indent=1)
+    )
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
