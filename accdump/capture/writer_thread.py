@@ -25,34 +25,53 @@ _STOP = object()
 
 
 def payload_rows(p: StepPayload) -> tuple[np.ndarray, list[np.ndarray]]:
-    """The record table and heap pieces of one step (after its device work completed)."""
-    stats = {dev: torch.cat(chunks).numpy() for dev, chunks in p.stats.items() if chunks}
-    hashes = {dev: torch.cat(chunks).numpy() for dev, chunks in p.hashes.items() if chunks}
-    rows = np.zeros(len(p.captures), dtype=RECORD_DTYPE)
+    """The record table and heap pieces of one step (after its device work completed).
+
+    Built column by column: this runs beside the user's program, and per-field assignment
+    would hold the GIL long enough to slow it down."""
+    caps = p.captures
+    n = len(caps)
+    rows = np.zeros(n, dtype=RECORD_DTYPE)
+    if n == 0:
+        return rows, []
+    rows["step"] = p.step
+    for col in ("order", "call", "role", "storage_offset", "contiguous"):
+        rows[col] = [getattr(c, col) for c in caps]
+    for col in ("name", "arg", "kind", "dtype", "device"):
+        rows[col] = np.array([getattr(c, col) for c in caps], dtype=object)
+    shapes = np.empty(n, dtype=object)
+    strides = np.empty(n, dtype=object)
+    shapes[:] = [np.asarray(c.shape, dtype=np.int64) for c in caps]
+    strides[:] = [np.asarray(c.strides, dtype=np.int64) for c in caps]
+    rows["shape"], rows["strides"] = shapes, strides
+    stats = np.zeros((n, len(STATS_FIELDS)))
+    by_device: dict[str, list[int]] = {}
+    for i, c in enumerate(caps):
+        by_device.setdefault(c.device, []).append(i)
+    for dev, idx in by_device.items():
+        table = torch.cat(p.stats[dev]).numpy()
+        stats[idx] = table[[caps[i].stats_index for i in idx]]
+        hashed = [i for i in idx if caps[i].hash_index >= 0]
+        if hashed:
+            htable = torch.cat(p.hashes[dev]).numpy()
+            for i in hashed:
+                h = htable[caps[i].hash_index]
+                rows["hash"][i] = hex_digest((int(h[0]), int(h[1])))
+    for k, f in enumerate(STATS_FIELDS):
+        rows[f] = stats[:, k]
     heap: list[np.ndarray] = []
+    offsets = np.full(n, -1, dtype=np.int64)
+    sizes = np.zeros(n, dtype=np.int64)
     offset = 0
-    for i, c in enumerate(p.captures):
-        r = rows[i]
-        r["step"], r["order"], r["name"], r["call"], r["role"] = p.step, c.order, c.name, c.call, c.role
-        r["arg"], r["kind"], r["dtype"], r["device"] = c.arg, c.kind, c.dtype, c.device
-        r["shape"] = np.asarray(c.shape, dtype=np.int64)
-        r["strides"] = np.asarray(c.strides, dtype=np.int64)
-        r["storage_offset"], r["contiguous"] = c.storage_offset, c.contiguous
-        srow = stats[c.device][c.stats_index]
-        for k, f in enumerate(STATS_FIELDS):
-            r[f] = srow[k]
-        if c.hash_index >= 0:
-            h = hashes[c.device][c.hash_index]
-            r["hash"] = hex_digest((int(h[0]), int(h[1])))
-        else:
-            r["hash"] = ""
+    for i, c in enumerate(caps):
         if c.tensor is not None:
             raw = tensor_to_bytes(c.tensor)
-            r["heap_offset"], r["heap_nbytes"] = offset, raw.size
+            offsets[i], sizes[i] = offset, raw.size
             heap.append(raw)
             offset += raw.size
-        else:
-            r["heap_offset"], r["heap_nbytes"] = -1, 0
+    rows["heap_offset"], rows["heap_nbytes"] = offsets, sizes
+    if not any(c.hash_index >= 0 for c in caps):
+        rows["hash"] = ""
     return rows, heap
 
 
