@@ -22,7 +22,9 @@ def _tensor_stats_multi_fake(xs: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 @torch.library.register_fake("accdump::tensor_stats_into")
-def _tensor_stats_into_fake(x: torch.Tensor, out: torch.Tensor, row: int, workspace: torch.Tensor) -> None:
+def _tensor_stats_into_fake(
+    x: torch.Tensor, out: torch.Tensor, row: int, workspace: torch.Tensor | None = None
+) -> None:
     return None
 
 

@@ -156,10 +156,15 @@ def stats_workspace(device: torch.device | str) -> torch.Tensor:
 
 
 def tensor_stats_into(
-    x: torch.Tensor, out: torch.Tensor, row: int, workspace: torch.Tensor, backend: Backend = "auto"
+    x: torch.Tensor,
+    out: torch.Tensor,
+    row: int,
+    workspace: torch.Tensor | None = None,
+    backend: Backend = "auto",
 ) -> None:
     """Writes the statistics of `x` into out[row] (float64 [R, 13] on x's device): one kernel
-    launch, no allocation, no host sync. The recorder's hot path."""
+    launch, no host sync. With a `workspace` (stats_workspace()) nothing is allocated (CUDA graph
+    capture); without, the extension keeps one per device and stream."""
     if _use_native(backend, x.device, "tensor_stats_into"):
         try:
             torch.ops.accdump.tensor_stats_into.default(x, out, row, workspace)

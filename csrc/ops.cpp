@@ -21,11 +21,12 @@ TORCH_LIBRARY(accdump, m) {
   // The same statistics for a list of tensors of any sizes and dtypes, float64[N, 13];
   // on CUDA one launch reads every tensor (plus one small launch that merges partials).
   m.def("tensor_stats_multi(Tensor[] xs) -> Tensor");
-  // The statistics of x written into out[row] (float64 [R, 13]) with a single kernel launch and
-  // no allocation: `workspace` (uint8, stats_workspace_size() bytes, zero-filled once when
-  // created, then reused) holds block partials and a completion counter. The recorder's hot
-  // path: safe inside CUDA graph capture, one workspace per stream.
-  m.def("tensor_stats_into(Tensor x, Tensor(a!) out, int row, Tensor(b!) workspace) -> ()");
+  // The statistics of x written into out[row] (float64 [R, 13]) with a single kernel launch.
+  // `workspace` (uint8, stats_workspace_size() bytes, zero-filled once, then reused on one
+  // stream) holds block partials and a completion counter; without it the extension keeps one
+  // per (device, stream). The recorder's hot path; with a workspace it allocates nothing and is
+  // safe inside CUDA graph capture.
+  m.def("tensor_stats_into(Tensor x, Tensor(a!) out, int row, Tensor(b!)? workspace=None) -> ()");
   m.def("stats_workspace_size() -> int", &accdump_stats_workspace_size);
   // Pairwise metrics of two same-shape floating tensors (dtypes may differ), float64[14]:
   // count, dot, sum a^2, sum b^2, max|a-b|, its flat index, sum|a-b|, sum (a-b)^2,

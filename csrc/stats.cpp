@@ -27,8 +27,8 @@ std::vector<TensorDesc> describe_stats_inputs(at::TensorList xs, const char* op,
   return descs;
 }
 
-TensorDesc check_stats_into(const at::Tensor& x, const at::Tensor& out, int64_t row, const at::Tensor& workspace,
-                            at::Tensor& keep) {
+TensorDesc check_stats_into(const at::Tensor& x, const at::Tensor& out, int64_t row,
+                            const std::optional<at::Tensor>& workspace, at::Tensor& keep) {
   const char* op = "accdump.tensor_stats_into: ";
   TORCH_CHECK(out.scalar_type() == at::kDouble && out.dim() == 2 && out.size(1) == kStatsFields && out.is_contiguous(),
               op, "out must be a contiguous float64 tensor [rows, ", std::to_string(kStatsFields), "], got ",
@@ -36,8 +36,8 @@ TensorDesc check_stats_into(const at::Tensor& x, const at::Tensor& out, int64_t 
   TORCH_CHECK(row >= 0 && row < out.size(0), op, "row ", std::to_string(row), " is outside out's ",
               std::to_string(out.size(0)), " rows");
   TORCH_CHECK(out.device() == x.device(), op, "out is on ", out.device().str(), " but x is on ", x.device().str());
-  TORCH_CHECK(workspace.device() == x.device() && workspace.scalar_type() == at::kByte && workspace.is_contiguous() &&
-                  workspace.numel() >= stats_workspace_bytes(),
+  TORCH_CHECK(!workspace || (workspace->device() == x.device() && workspace->scalar_type() == at::kByte &&
+                                workspace->is_contiguous() && workspace->numel() >= stats_workspace_bytes()),
               op, "workspace must be a contiguous uint8 tensor of at least ", std::to_string(stats_workspace_bytes()),
               " bytes on x's device");
   const DType dt = checked_dtype(x, "tensor_stats_into", "x", false);
@@ -51,7 +51,8 @@ TensorDesc check_stats_into(const at::Tensor& x, const at::Tensor& out, int64_t 
 
 namespace {
 
-void tensor_stats_into_cpu(const at::Tensor& x, at::Tensor& out, int64_t row, at::Tensor& workspace) {
+void tensor_stats_into_cpu(const at::Tensor& x, at::Tensor& out, int64_t row,
+                           const std::optional<at::Tensor>& workspace) {
   at::Tensor keep;
   const TensorDesc d = check_stats_into(x, out, row, workspace, keep);
   tensor_stats_cpu_kernel(d, out.data_ptr<double>() + row * kStatsFields);

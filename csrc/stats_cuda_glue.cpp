@@ -4,7 +4,11 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <ATen/ops/zeros.h>
+
 #include <algorithm>
+#include <map>
+#include <mutex>
 
 #include "common/device_upload.h"
 #include "stats_glue.h"
@@ -45,12 +49,28 @@ at::Tensor stats_cuda(at::TensorList xs, const char* op) {
   return out;
 }
 
-void tensor_stats_into_cuda(const at::Tensor& x, at::Tensor& out, int64_t row, at::Tensor& workspace) {
+// One zero-filled workspace per (device, stream), kept for the life of the process.
+void* stream_workspace(const at::Device& device, const c10::cuda::CUDAStream& stream) {
+  static std::mutex mutex;
+  static std::map<std::pair<int, cudaStream_t>, at::Tensor> cache;
+  const std::lock_guard<std::mutex> lock(mutex);
+  auto key = std::make_pair(static_cast<int>(device.index()), stream.stream());
+  auto it = cache.find(key);
+  if (it == cache.end()) {
+    at::Tensor ws = at::zeros({stats_workspace_bytes()}, at::TensorOptions().dtype(at::kByte).device(device));
+    it = cache.emplace(key, ws).first;
+  }
+  return it->second.data_ptr();
+}
+
+void tensor_stats_into_cuda(const at::Tensor& x, at::Tensor& out, int64_t row,
+                            const std::optional<at::Tensor>& workspace) {
   at::Tensor keep;
   const TensorDesc d = check_stats_into(x, out, row, workspace, keep);
   const c10::cuda::CUDAGuard guard(x.device());
-  launch_tensor_stats_into_cuda(d, workspace.data_ptr(), out.data_ptr<double>() + row * kStatsFields,
-                                at::cuda::getCurrentCUDAStream(x.device().index()).stream());
+  const auto stream = at::cuda::getCurrentCUDAStream(x.device().index());
+  void* ws = workspace ? workspace->data_ptr() : stream_workspace(x.device(), stream);
+  launch_tensor_stats_into_cuda(d, ws, out.data_ptr<double>() + row * kStatsFields, stream.stream());
 }
 
 at::Tensor tensor_stats_multi_cuda(at::TensorList xs) { return stats_cuda(xs, "tensor_stats_multi"); }

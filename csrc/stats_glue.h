@@ -15,8 +15,8 @@ std::vector<TensorDesc> describe_stats_inputs(at::TensorList xs, const char* op,
                                               std::vector<at::Tensor>& keep);
 
 // Checks the arguments of tensor_stats_into and describes x (copies it when needed, into keep).
-TensorDesc check_stats_into(const at::Tensor& x, const at::Tensor& out, int64_t row, const at::Tensor& workspace,
-                            at::Tensor& keep);
+TensorDesc check_stats_into(const at::Tensor& x, const at::Tensor& out, int64_t row,
+                            const std::optional<at::Tensor>& workspace, at::Tensor& keep);
 
 // CPU statistics of one described tensor into out[kStatsFields].
 void tensor_stats_cpu_kernel(const TensorDesc& d, double* out);

@@ -50,6 +50,20 @@ def _device_str(dev: torch.device) -> str:
     return s
 
 
+def _stats_into_function() -> Any:
+    """The statistics op the hot path calls: the native op itself when built (no wrapper)."""
+    if not ops.native_available("cpu"):
+        return ops.tensor_stats_into
+    native = torch.ops.accdump.tensor_stats_into.default
+    if ops.native_available("cuda") or not torch.cuda.is_available():
+        return native
+
+    def by_device(t: torch.Tensor, out: torch.Tensor, row: int) -> None:
+        (native if t.device.type == "cpu" else ops.tensor_stats_into)(t, out, row)
+
+    return by_device
+
+
 _active: Recorder | None = None
 _active_lock = threading.Lock()
 
@@ -106,7 +120,7 @@ class Recorder:
         self._root_calls = 0
         self._names: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
         self._handles: list[Any] = []
-        self._workspaces: dict[tuple[torch.device, int], torch.Tensor] = {}
+        self._stats_into = _stats_into_function()
         self._writer: WriterThread | None = None
         self._op_mode: Any = None
         self._in_capture = False
@@ -211,13 +225,6 @@ class Recorder:
         buf.calls[name] = call + 1
         return call
 
-    def _workspace(self, device: torch.device) -> torch.Tensor:
-        stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-        ws = self._workspaces.get((device, stream))
-        if ws is None:
-            ws = self._workspaces[(device, stream)] = ops.stats_workspace(device)
-        return ws
-
     def _capture(
         self, buf: StepBuffer, t: torch.Tensor, name: str, call: int, role: Role, arg: str, kind: str
     ) -> None:
@@ -230,8 +237,13 @@ class Recorder:
             return
         self._in_capture = True
         try:
-            chunk, row, index = buf.stats_rows(dev).take()
-            ops.tensor_stats_into(t, chunk, row, self._workspace(dev))
+            seen = buf.seen.get(id(t))
+            if seen is not None and seen[0]() is t and seen[1] == t._version:
+                index = seen[2]  # the same tensor, unchanged since captured: reuse its statistics
+            else:
+                chunk, row, index = buf.stats_rows(dev).take()
+                self._stats_into(t, chunk, row)
+                buf.seen[id(t)] = (weakref.ref(t), t._version, index)
             host = None
             if self.mode == "tensor" or role == Role.TOKENS:
                 max_bytes = self.filters.max_tensor_bytes

@@ -72,6 +72,9 @@ class StepBuffer:
     calls: dict[str, int] = field(default_factory=dict)
     root_op_counts: dict[str, int] = field(default_factory=dict)  # ops run outside any module
     has_tokens: bool = False
+    # id(tensor) -> (weakref, version at capture, stats index): a tensor captured twice unchanged
+    # (a layer's output is the next layer's input) is measured once
+    seen: dict[int, tuple[Any, int, int]] = field(default_factory=dict)
 
     def stats_rows(self, device: torch.device) -> DeviceRows:
         rows = self.stats.get(device)

@@ -47,6 +47,8 @@ def tensor_stats_multi(xs: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack([tensor_stats(x) for x in xs])
 
 
-def tensor_stats_into(x: torch.Tensor, out: torch.Tensor, row: int, workspace: torch.Tensor) -> None:
+def tensor_stats_into(
+    x: torch.Tensor, out: torch.Tensor, row: int, workspace: torch.Tensor | None = None
+) -> None:
     """Writes tensor_stats(x) into out[row] (the workspace is only used by the native kernel)."""
     out[row] = tensor_stats(x).to(out.device)
