@@ -122,6 +122,8 @@ def main() -> None:
             "records_per_run": len(dump) // max(1, len(dump.steps()) // (1 if args.preset == "gpu" else 5)),
             "dump_mib": dump.nbytes() / 2**20,
         }
+        if rec._writer is not None:
+            row["stalled_ms_per_run"] = rec._writer.seconds_stalled / (reps + 2) * 1e3
         if kw["mode"] == "tensor" and rec._writer is not None and rec._writer.seconds_writing:
             row["write_gbps"] = rec._writer.bytes_written / rec._writer.seconds_writing / 1e9
         rows.append(row)
@@ -132,7 +134,7 @@ def main() -> None:
     table = Table(
         title=f"accdump record overhead: Llama {p['layers']}L h{p['hidden']} {p['dtype']} on {name} ({what})"
     )
-    for c in ("config", "ms", "× plain", "records/run", "dump MiB", "write GB/s"):
+    for c in ("config", "ms", "× plain", "records/run", "dump MiB", "write GB/s", "stalled ms/run"):
         table.add_column(c, justify="right")
     for r in rows:
         table.add_row(
@@ -142,6 +144,7 @@ def main() -> None:
             str(r.get("records_per_run", "-")),
             f"{r['dump_mib']:.1f}" if "dump_mib" in r else "-",
             f"{r['write_gbps']:.2f}" if "write_gbps" in r else "-",
+            f"{r['stalled_ms_per_run']:.1f}" if "stalled_ms_per_run" in r else "-",
         )
     Console(width=160).print(table)
     Path(args.json).write_text(

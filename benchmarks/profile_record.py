@@ -21,20 +21,37 @@ p = PRESETS["gpu" if torch.cuda.is_available() else "cpu"]
 model = build_model(p)
 ids = torch.randint(0, p["vocab"], (1, p["seq"]), device=p["device"])
 out = Path(tempfile.mkdtemp())
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 with torch.no_grad(), accdump.record(model, out / "d") as rec:
     for _ in range(3):
         model(ids)
-    torch.cuda.synchronize()
+    sync()
     t0 = time.perf_counter()
     prof = cProfile.Profile()
     prof.enable()
     for _ in range(5):
         model(ids)
     prof.disable()
-    torch.cuda.synchronize()
+    sync()
     print(f"recorded forward: {(time.perf_counter() - t0) / 5 * 1e3:.1f} ms (under cProfile)")
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as tp:
+    acts = [torch.profiler.ProfilerActivity.CPU] + (
+        [torch.profiler.ProfilerActivity.CUDA] if torch.cuda.is_available() else []
+    )
+    with torch.profiler.profile(activities=acts) as tp:
         model(ids)
-        torch.cuda.synchronize()
+        sync()
 pstats.Stats(prof).sort_stats("tottime").print_stats(18)
-print(tp.key_averages().table(sort_by="cuda_time_total", row_limit=12))
+pstats.Stats(prof).sort_stats("cumulative").print_stats(30)
+w = rec._writer
+print(
+    f"writer: {w.seconds_writing:.3f} s writing (fsync {w._writer.seconds_fsync:.3f} s), "
+    f"{w.seconds_stalled:.3f} s caller stalled, {len(w.steps_written)} steps"
+)
+key = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
+print(tp.key_averages().table(sort_by=key, row_limit=12))

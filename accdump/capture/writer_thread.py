@@ -84,14 +84,18 @@ class WriterThread:
         self.error: AccdumpError | None = None
         self.steps_written: list[int] = []
         self.bytes_written = 0
-        self.seconds_writing = 0.0
+        self.seconds_writing = 0.0  # in the writer thread: building tables and writing files
+        self.seconds_fsync = 0.0
+        self.seconds_stalled = 0.0  # in the caller: waiting for room in the queue
         self._thread = threading.Thread(target=self._run, name="accdump-writer", daemon=True)
         self._thread.start()
 
     def submit(self, payload: StepPayload) -> None:
         """Queues a step; blocks while `max_pending_steps` steps are already waiting."""
         if self.error is None:
+            t0 = time.perf_counter()
             self._queue.put(payload)
+            self.seconds_stalled += time.perf_counter() - t0
 
     def close(self) -> None:
         """Writes what is queued, then stops the thread and releases the directory lock."""

@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ class SegmentWriter:
         self.dir = Path(root) / rank_dir_name(rank)
         self.run_attrs = run_attrs
         self._seq = 0
+        self.seconds_fsync = 0.0
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             self._lock_fd = os.open(self.dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
@@ -82,6 +84,7 @@ class SegmentWriter:
                     if h.size:
                         ds[offset : offset + h.size] = h
                     offset += int(h.size)
+            t0 = time.perf_counter()
             fd = os.open(tmp, os.O_RDONLY)
             try:
                 os.fsync(fd)
@@ -89,6 +92,7 @@ class SegmentWriter:
                 os.close(fd)
             os.replace(tmp, final)
             _fsync_dir(self.dir)
+            self.seconds_fsync += time.perf_counter() - t0
         except Exception as exc:  # h5py reports a full disk as OSError or RuntimeError
             with contextlib.suppress(OSError):
                 tmp.unlink()
