@@ -18,32 +18,27 @@ from accdump.capture.step_buffer import CHUNK_ROWS, StepPayload
 from accdump.errors import AccdumpError, RecordWriteError
 from accdump.ops import STATS_FIELDS
 from accdump.store.dtypes import tensor_to_bytes
-from accdump.store.schema import RECORD_DTYPE
+from accdump.store.schema import record_dtype
 from accdump.store.writer import SegmentWriter
 
 _STOP = object()
 
 
+def _encoded(values: list[str]) -> np.ndarray:
+    return np.array([v.encode("utf-8") for v in values], dtype=object)
+
+
 def payload_rows(p: StepPayload) -> tuple[np.ndarray, list[np.ndarray]]:
     """The record table and heap pieces of one step (after its device work completed).
 
-    Built column by column: this runs beside the user's program, and per-field assignment
-    would hold the GIL long enough to slow it down."""
+    Built column by column: this runs beside the user's program, and per-field work would hold
+    the GIL long enough to slow it down."""
     caps = p.captures
     n = len(caps)
-    rows = np.zeros(n, dtype=RECORD_DTYPE)
-    if n == 0:
-        return rows, []
-    rows["step"] = p.step
-    for col in ("order", "call", "role", "storage_offset", "contiguous"):
-        rows[col] = [getattr(c, col) for c in caps]
-    for col in ("name", "arg", "kind", "dtype", "device"):
-        rows[col] = np.array([getattr(c, col) for c in caps], dtype=object)
-    shapes = np.empty(n, dtype=object)
-    strides = np.empty(n, dtype=object)
-    shapes[:] = [np.asarray(c.shape, dtype=np.int64) for c in caps]
-    strides[:] = [np.asarray(c.strides, dtype=np.int64) for c in caps]
-    rows["shape"], rows["strides"] = shapes, strides
+    strings = {
+        col: _encoded([getattr(c, col) for c in caps]) for col in ("name", "arg", "kind", "dtype", "device")
+    }
+    hashes = [""] * n
     stats = np.zeros((n, len(STATS_FIELDS)))
     by_device: dict[str, list[int]] = {}
     for i, c in enumerate(caps):
@@ -56,7 +51,26 @@ def payload_rows(p: StepPayload) -> tuple[np.ndarray, list[np.ndarray]]:
             htable = torch.cat(p.hashes[dev]).numpy()
             for i in hashed:
                 h = htable[caps[i].hash_index]
-                rows["hash"][i] = hex_digest((int(h[0]), int(h[1])))
+                hashes[i] = hex_digest((int(h[0]), int(h[1])))
+    strings["hash"] = _encoded(hashes)
+    widths = {col: max((len(v) for v in vals), default=1) for col, vals in strings.items()}
+    max_ndim = max((len(c.shape) for c in caps), default=1)
+    rows = np.zeros(n, dtype=record_dtype(widths, max_ndim))
+    if n == 0:
+        return rows, []
+    rows["step"] = p.step
+    for col in ("order", "call", "role", "storage_offset", "contiguous"):
+        rows[col] = [getattr(c, col) for c in caps]
+    for col, vals in strings.items():
+        rows[col] = vals
+    rows["ndim"] = [len(c.shape) for c in caps]
+    shape = rows["shape"]
+    strides = rows["strides"]
+    for i, c in enumerate(caps):
+        k = len(c.shape)
+        if k:
+            shape[i, :k] = c.shape
+            strides[i, :k] = c.strides
     for k, f in enumerate(STATS_FIELDS):
         rows[f] = stats[:, k]
     heap: list[np.ndarray] = []
@@ -70,8 +84,6 @@ def payload_rows(p: StepPayload) -> tuple[np.ndarray, list[np.ndarray]]:
             heap.append(raw)
             offset += raw.size
     rows["heap_offset"], rows["heap_nbytes"] = offsets, sizes
-    if not any(c.hash_index >= 0 for c in caps):
-        rows["hash"] = ""
     return rows, heap
 
 

@@ -18,7 +18,15 @@ import torch
 from accdump.errors import DumpFormatError
 from accdump.ops import STATS_FIELDS, TensorStats
 from accdump.store.dtypes import dtype_from_name, tensor_from_bytes
-from accdump.store.schema import FORMAT_NAME, FORMAT_VERSION, HEAP, RECORD_DTYPE, RECORDS, SEGMENT_GLOB, Role
+from accdump.store.schema import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    HEAP,
+    RECORDS,
+    REQUIRED_COLUMNS,
+    SEGMENT_GLOB,
+    Role,
+)
 
 
 @dataclass(frozen=True)
@@ -86,7 +94,7 @@ class Segment:
             raise
         except Exception as exc:  # h5py raises OSError / KeyError / ValueError on damaged files
             raise DumpFormatError(f"{path}: unreadable (truncated or corrupt HDF5 file): {exc}") from exc
-        missing = set(RECORD_DTYPE.names or ()) - set(rows.dtype.names or ())
+        missing = set(REQUIRED_COLUMNS) - set(rows.dtype.names or ())
         if missing:
             raise DumpFormatError(f"{path}: record table lacks columns {sorted(missing)}")
         self.rows = rows
@@ -106,8 +114,8 @@ class Segment:
                 arg=_attr(r["arg"]),
                 kind=_attr(r["kind"]),
                 dtype=_attr(r["dtype"]),
-                shape=tuple(int(s) for s in r["shape"]),
-                strides=tuple(int(s) for s in r["strides"]),
+                shape=tuple(int(v) for v in r["shape"][: int(r["ndim"])]),
+                strides=tuple(int(v) for v in r["strides"][: int(r["ndim"])]),
                 storage_offset=int(r["storage_offset"]),
                 contiguous=bool(r["contiguous"]),
                 device=_attr(r["device"]),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import enum
 
-import h5py
 import numpy as np
 
 from accdump.ops import STATS_FIELDS
@@ -32,27 +31,59 @@ class Role(enum.IntEnum):
 
 ROLE_NAMES = {r: r.name.lower() for r in Role}
 
-_STR = h5py.string_dtype("utf-8")
-_INTS = h5py.vlen_dtype(np.dtype("int64"))
+STRING_COLUMNS = ("name", "arg", "kind", "dtype", "device", "hash")
 
-RECORD_DTYPE = np.dtype(
-    [
-        ("step", "<i8"),
-        ("order", "<i8"),  # position in execution order within the step
-        ("name", _STR),  # module path, op path (module/op.index) or probe name
-        ("call", "<i4"),  # call index of this name within the step
-        ("role", "u1"),  # Role
-        ("arg", _STR),  # argument index or key, nested as "0.1" / "past.key"
-        ("kind", _STR),  # module class name, ATen op name, or "probe"
-        ("dtype", _STR),  # torch dtype name, e.g. "bfloat16"
-        ("shape", _INTS),
-        ("strides", _INTS),
-        ("storage_offset", "<i8"),
-        ("contiguous", "?"),
-        ("device", _STR),
-        *[(f, "<f8") for f in STATS_FIELDS],
-        ("hash", _STR),  # hex fingerprint in hash mode, else ""
-        ("heap_offset", "<i8"),  # byte offset of the full tensor in the segment's heap, -1 if not stored
-        ("heap_nbytes", "<i8"),
-    ]
+# Fixed-width columns only (strings as UTF-8 bytes sized per segment, shapes as fixed arrays):
+# variable-length HDF5 types cost a Python-level conversion per row, which the writer thread
+# would spend holding the GIL beside the user's program.
+REQUIRED_COLUMNS = (
+    "step",
+    "order",
+    "name",
+    "call",
+    "role",
+    "arg",
+    "kind",
+    "dtype",
+    "ndim",
+    "shape",
+    "strides",
+    "storage_offset",
+    "contiguous",
+    "device",
+    *STATS_FIELDS,
+    "hash",
+    "heap_offset",
+    "heap_nbytes",
 )
+
+
+def record_dtype(string_widths: dict[str, int], max_ndim: int) -> np.dtype:
+    """The record table's dtype for one segment: strings `S<width>`, shapes padded to `max_ndim`."""
+    dims = max(1, max_ndim)
+
+    def s(col: str) -> str:
+        return f"S{max(1, string_widths.get(col, 1))}"
+
+    return np.dtype(
+        [
+            ("step", "<i8"),
+            ("order", "<i8"),  # position in execution order within the step
+            ("name", s("name")),  # module path, op path (module/op.index) or probe name
+            ("call", "<i4"),  # call index of this name within the step
+            ("role", "u1"),  # Role
+            ("arg", s("arg")),  # argument index or key, nested as "0.1" / "past.key"
+            ("kind", s("kind")),  # module class name, ATen op name, "probe" or "tokens"
+            ("dtype", s("dtype")),  # torch dtype name, e.g. "bfloat16"
+            ("ndim", "<i4"),
+            ("shape", "<i8", (dims,)),  # first ndim entries are the shape
+            ("strides", "<i8", (dims,)),
+            ("storage_offset", "<i8"),
+            ("contiguous", "?"),
+            ("device", s("device")),
+            *[(f, "<f8") for f in STATS_FIELDS],
+            ("hash", s("hash")),  # hex fingerprint in hash mode, else empty
+            ("heap_offset", "<i8"),  # byte offset of the full tensor in the segment's heap, -1 if not stored
+            ("heap_nbytes", "<i8"),
+        ]
+    )

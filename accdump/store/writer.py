@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 
 from accdump.errors import DumpExistsError, RecordWriteError
-from accdump.store.schema import HEAP, RECORD_DTYPE, RECORDS, SEGMENT_GLOB
+from accdump.store.schema import HEAP, RECORDS, SEGMENT_GLOB
 
 LOCK_NAME = "writer.lock"
 
@@ -69,14 +69,14 @@ class SegmentWriter:
             old.unlink()
 
     def write(self, rows: np.ndarray, heap: list[np.ndarray], attrs: dict[str, Any]) -> Path:
-        """Writes one segment: `rows` (RECORD_DTYPE) and the concatenated `heap` byte arrays."""
+        """Writes one segment: `rows` (schema.record_dtype) and the concatenated `heap` byte arrays."""
         final = self.dir / f"seg{self._seq:08d}.h5"
         tmp = self.dir / f".seg{self._seq:08d}.h5.tmp"
         try:
             with h5py.File(tmp, "w") as f:
                 for key, value in {**self.run_attrs, **attrs, "segment": self._seq}.items():
                     f.attrs[key] = value
-                f.create_dataset(RECORDS, data=rows.astype(RECORD_DTYPE, copy=False))
+                f.create_dataset(RECORDS, data=rows)
                 total = sum(int(h.size) for h in heap)
                 ds = f.create_dataset(HEAP, shape=(total,), dtype=np.uint8)
                 offset = 0
