@@ -13,7 +13,7 @@ $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip>=23" "setuptools>=64" wheel ninja
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q numpy h5py safetensors rich typer pyyaml jinja2 pytest ruff mypy hypothesis transformers
+	$(PY) -m pip install -q numpy h5py safetensors rich typer pyyaml jinja2 matplotlib pytest ruff mypy hypothesis transformers
 	touch $@
 
 $(VENV)/.built: $(VENV)/.deps setup.py $(shell find csrc -type f)

@@ -24,6 +24,7 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from accdump.capture import Recorder, probe, record
+    from accdump.diff import compare
     from accdump.store import Dump, load
 
 _LAZY = {
@@ -32,6 +33,7 @@ _LAZY = {
     "Recorder": "accdump.capture",
     "load": "accdump.store",
     "Dump": "accdump.store",
+    "compare": "accdump.diff",
 }
 
 
@@ -47,6 +49,7 @@ __all__ = [
     "AccdumpError",
     "DumpExistsError",
     "DumpFormatError",
+    "compare",
     "Dump",
     "NativeUnavailableError",
     "OpInputError",

@@ -100,6 +100,57 @@ def show(
 
 
 @app.command()
+def compare(
+    golden: Annotated[str, typer.Argument(help="Golden (reference) dump directory.")],
+    target: Annotated[str, typer.Argument(help="Target (suspect) dump directory.")],
+    rename: Annotated[
+        str | None, typer.Option(help="YAML/JSON rules: regex -> replacement on target names.")
+    ] = None,
+    json_out: Annotated[str | None, typer.Option("--json", help="Write the full result as JSON.")] = None,
+    csv_out: Annotated[str | None, typer.Option("--csv", help="Write every pair's metrics as CSV.")] = None,
+    html_out: Annotated[
+        str | None, typer.Option("--html", help="Write a self-contained HTML report.")
+    ] = None,
+    cosine: Annotated[float | None, typer.Option(help="Cosine a pair must reach to pass.")] = None,
+    device: Annotated[
+        str | None, typer.Option(help="Where to compute metrics (default: cuda if present).")
+    ] = None,
+) -> None:
+    """Find the first op where TARGET diverges from GOLDEN. Exit status: 0 none, 1 found, 2 error.
+
+    Example: accdump compare dumps/golden dumps/target --html report.html
+    """
+    from dataclasses import replace
+
+    from rich.progress import Progress
+
+    from accdump.diff import RenameRules, Thresholds
+    from accdump.diff import compare as run_compare
+    from accdump.diff.report import print_summary, write_csv, write_html, write_json
+
+    rules = RenameRules.load(rename) if rename else None
+    th = Thresholds()
+    if cosine is not None:
+        th = replace(th, cosine=(cosine, th.cosine[1], th.cosine[2]))
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task("comparing", total=None)
+        result = run_compare(
+            golden,
+            target,
+            rules=rules,
+            thresholds=th,
+            device=device,
+            progress=lambda i, n: bar.update(task, completed=i, total=n),
+        )
+    print_summary(result, console)
+    for path, writer in ((json_out, write_json), (csv_out, write_csv), (html_out, write_html)):
+        if path:
+            writer(result, path)
+            console.print(f"wrote {path}")
+    raise typer.Exit(result.exit_code)
+
+
+@app.command()
 def selfcheck() -> None:
     """Check the build: run every op on random data and compare with the float64 reference.
 

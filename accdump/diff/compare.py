@@ -1,0 +1,333 @@
+"""Pairs the records of a golden and a target dump, measures each pair, and finds the first
+divergent op: the earliest record, in execution order, whose output fails while its inputs pass."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from accdump import ops
+from accdump.diff.metrics import PairMetrics, Thresholds, Verdict, stats_metrics, tensor_metrics, verdict_of
+from accdump.diff.rules import RenameRules
+from accdump.store import Dump, Record, Role, load
+
+Key = tuple[int, int, str, int, int, str]
+
+_LAYER = re.compile(r"(^|\.)layers?\.(\d+)$")
+
+
+@dataclass
+class Pair:
+    golden: Record
+    target: Record
+    metrics: PairMetrics | None
+    verdict: Verdict
+    note: str = ""
+
+    @property
+    def failing(self) -> bool:
+        return self.verdict >= Verdict.BROKEN
+
+    def row(self) -> dict[str, Any]:
+        t = self.target
+        return {
+            "rank": t.rank,
+            "step": t.step,
+            "order": t.order,
+            "name": t.name,
+            "golden_name": self.golden.name,
+            "call": t.call,
+            "role": t.role.name.lower(),
+            "arg": t.arg,
+            "dtype_golden": self.golden.dtype,
+            "dtype_target": t.dtype,
+            "shape": list(t.shape),
+            "verdict": self.verdict.label,
+            "note": self.note,
+            **(self.metrics.to_dict() if self.metrics else {}),
+        }
+
+
+@dataclass
+class Divergence:
+    pair: Pair
+    inputs: list[Pair]
+    attributed_to: str  # the module (or code region) the error is attributed to
+    explanation: str
+    last_passing: Pair | None
+    token_cosine: list[float] = field(default_factory=list)  # per row, when both tensors were stored
+
+    def to_dict(self) -> dict[str, Any]:
+        t = self.pair.target
+        return {
+            "rank": t.rank,
+            "step": t.step,
+            "name": t.name,
+            "golden_name": self.pair.golden.name,
+            "call": t.call,
+            "role": t.role.name.lower(),
+            "arg": t.arg,
+            "verdict": self.pair.verdict.label,
+            "metrics": self.pair.metrics.to_dict() if self.pair.metrics else None,
+            "inputs": [p.row() for p in self.inputs],
+            "attributed_to": self.attributed_to,
+            "explanation": self.explanation,
+            "last_passing": self.last_passing.target.name if self.last_passing else None,
+        }
+
+
+@dataclass
+class CompareResult:
+    golden: str
+    target: str
+    pairs: list[Pair]
+    only_golden: list[Record]
+    only_target: list[Record]
+    first_divergence: Divergence | None
+    first_token_diff: dict[str, Any] | None
+    steps_note: str
+    trajectory: list[dict[str, Any]] = field(default_factory=list)
+    propagates: bool | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.first_divergence is not None or self.first_token_diff is not None else 0
+
+    def verdict_line(self) -> str:
+        d = self.first_divergence
+        tok = self.first_token_diff
+        if d is None:
+            if tok is not None:
+                return (
+                    f"DIVERGED: generated tokens differ from step {tok['step']} on, but no record "
+                    "failed its thresholds before that step"
+                )
+            return f"OK: no divergence in {len(self.pairs)} compared records ({self.steps_note})"
+        p, m = d.pair, d.pair.metrics
+        what = []
+        if m is not None:
+            if m.cosine is not None:
+                what.append(f"cosine {m.cosine:.4f}")
+            if m.norm_ratio is not None:
+                what.append(f"norm ratio {m.norm_ratio:.3f}")
+            if m.rel_l2 is not None:
+                what.append(f"rel L2 {m.rel_l2:.3g}")
+            if m.std_rel_diff is not None:
+                what.append(f"std rel diff {m.std_rel_diff:.3g}")
+            if m.new_nan or m.new_inf:
+                what.append(f"{m.new_nan} new NaN, {m.new_inf} new Inf")
+        return (
+            f"DIVERGED at rank {p.target.rank}, step {p.target.step}: {d.attributed_to} "
+            f"({p.verdict.label}; {', '.join(what)}). {d.explanation}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "golden": self.golden,
+            "target": self.target,
+            "first_divergence": self.first_divergence.to_dict() if self.first_divergence else None,
+            "first_token_diff": self.first_token_diff,
+            "propagates": self.propagates,
+            "steps": self.steps_note,
+            "trajectory": self.trajectory,
+            "only_golden": [_rec_id(r) for r in self.only_golden],
+            "only_target": [_rec_id(r) for r in self.only_target],
+            "pairs": [p.row() for p in self.pairs],
+        }
+
+
+def _rec_id(r: Record) -> dict[str, Any]:
+    return {
+        "rank": r.rank,
+        "step": r.step,
+        "name": r.name,
+        "call": r.call,
+        "role": r.role.name.lower(),
+        "arg": r.arg,
+    }
+
+
+def _key(r: Record, name: str | None = None) -> Key:
+    return (r.rank, r.step, r.name if name is None else name, r.call, int(r.role), r.arg)
+
+
+def _enclosing(a: str, b: str) -> str:
+    """The innermost module containing both names (op paths 'mod/op.i' count as inside 'mod')."""
+    pa = a.split("/")[0].split(".") if a else []
+    pb = b.split("/")[0].split(".") if b else []
+    common = []
+    for x, y in zip(pa, pb, strict=False):
+        if x != y:
+            break
+        common.append(x)
+    return ".".join(common)
+
+
+def _first_token_diff(golden: Dump, target: Dump, steps: Iterable[int]) -> dict[str, Any] | None:
+    g_tok = {(r.rank, r.step): r for r in golden.records(role=Role.TOKENS) if r.has_tensor}
+    t_tok = {(r.rank, r.step): r for r in target.records(role=Role.TOKENS) if r.has_tensor}
+    for key in sorted(set(g_tok) & set(t_tok), key=lambda k: (k[1], k[0])):
+        if key[1] not in steps:
+            continue
+        a, b = golden.tensor(g_tok[key]).reshape(-1), target.tensor(t_tok[key]).reshape(-1)
+        if a.shape != b.shape or not torch.equal(a, b):
+            n = min(a.numel(), b.numel())
+            diff = (a[:n] != b[:n]).nonzero()
+            pos = int(diff[0]) if diff.numel() else n
+            return {
+                "rank": key[0],
+                "step": key[1],
+                "position": pos,
+                "golden_token": int(a[pos]) if pos < a.numel() else None,
+                "target_token": int(b[pos]) if pos < b.numel() else None,
+            }
+    return None
+
+
+def compare(
+    golden: str | os.PathLike[str] | Dump,
+    target: str | os.PathLike[str] | Dump,
+    *,
+    rules: RenameRules | None = None,
+    thresholds: Thresholds | None = None,
+    device: str | None = None,
+    progress: Any = None,
+) -> CompareResult:
+    """Aligns `target` with `golden` and finds the first divergence; see CompareResult."""
+    gd = golden if isinstance(golden, Dump) else load(golden)
+    td = target if isinstance(target, Dump) else load(target)
+    rules = rules or RenameRules()
+    th = thresholds or Thresholds()
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+    g_steps, t_steps = set(gd.steps()), set(td.steps())
+    common_steps = g_steps & t_steps
+    steps_note = f"{len(common_steps)} common steps"
+    if g_steps != t_steps:
+        steps_note += (
+            f" (golden has {len(g_steps)}, target {len(t_steps)}; only the common ones are compared)"
+        )
+
+    token_diff = _first_token_diff(gd, td, common_steps)
+    golden_by_key = {_key(r): r for r in gd.records() if r.step in common_steps and r.role != Role.TOKENS}
+    matched: set[Key] = set()
+    pairs: list[Pair] = []
+    only_target: list[Record] = []
+    target_records = [r for r in td.records() if r.step in common_steps and r.role != Role.TOKENS]
+    for i, t in enumerate(target_records):
+        if progress is not None:
+            progress(i, len(target_records))
+        key = _key(t, rules.apply(t.name))
+        g = golden_by_key.get(key)
+        if g is None:
+            only_target.append(t)
+            continue
+        matched.add(key)
+        pairs.append(_measure(gd, td, g, t, th, device))
+    only_golden = [r for k, r in golden_by_key.items() if k not in matched]
+    pairs.sort(key=lambda p: (p.target.step, p.target.rank, p.target.order))
+
+    limit_step = token_diff["step"] if token_diff else None
+    divergence = _first_divergence(pairs, limit_step)
+    result = CompareResult(
+        str(gd.path), str(td.path), pairs, only_golden, only_target, divergence, token_diff, steps_note
+    )
+    if limit_step is not None:
+        result.steps_note += (
+            f"; tokens differ from step {limit_step}: later steps see different inputs "
+            "and are not searched for divergences"
+        )
+    result.trajectory = _trajectory(pairs)
+    if divergence is not None:
+        result.propagates = _propagates(pairs, divergence)
+        g, t = divergence.pair.golden, divergence.pair.target
+        if g.has_tensor and t.has_tensor and g.shape == t.shape and len(g.shape) >= 1:
+            a, b = gd.tensor(g), td.tensor(t)
+            if a.is_floating_point() and b.is_floating_point():
+                divergence.token_cosine = ops.rowwise_metrics(a.float(), b.float()).cosine.tolist()
+    return result
+
+
+def _measure(gd: Dump, td: Dump, g: Record, t: Record, th: Thresholds, device: str) -> Pair:
+    if g.has_tensor and t.has_tensor:
+        m = tensor_metrics(gd.tensor(g), td.tensor(t), th, device)
+        if m is None:
+            return Pair(
+                g, t, None, Verdict.MISMATCH, f"shapes {list(g.shape)} and {list(t.shape)} do not align"
+            )
+        return Pair(g, t, m, verdict_of(m, th))
+    m = stats_metrics(g, t)
+    note = "" if g.shape == t.shape else f"shapes differ: {list(g.shape)} vs {list(t.shape)}"
+    return Pair(g, t, m, verdict_of(m, th), note)
+
+
+def _first_divergence(pairs: list[Pair], limit_step: int | None) -> Divergence | None:
+    by_call: dict[tuple[int, int, str, int], list[Pair]] = {}
+    for p in pairs:
+        t = p.target
+        by_call.setdefault((t.rank, t.step, t.name, t.call), []).append(p)
+    last_pass: Pair | None = None
+    for p in pairs:
+        t = p.target
+        if limit_step is not None and t.step >= limit_step:
+            break
+        if not p.failing:
+            if p.verdict == Verdict.PASS:
+                last_pass = p
+            continue
+        inputs = [q for q in by_call[(t.rank, t.step, t.name, t.call)] if q.target.role == Role.INPUT]
+        if t.role == Role.OUTPUT and not any(q.failing for q in inputs):
+            why = "its inputs pass" if inputs else "no inputs were recorded for it"
+            return Divergence(p, inputs, t.name or "<root>", f"The output fails while {why}.", last_pass)
+        before = last_pass.target.name if last_pass else "the start of the step"
+        region = _enclosing(last_pass.target.name, t.name) if last_pass else ""
+        where = region or "<root>"
+        if t.role == Role.INPUT:
+            why = (
+                f"Its input already fails: the error comes from code in {where} that runs between "
+                f"{before} and {t.name or '<root>'} and that no recorded module covers."
+            )
+        else:
+            why = f"The error arises in {where} between {before} and {t.name or '<root>'}."
+        return Divergence(p, inputs, where, why, last_pass)
+    return None
+
+
+def _trajectory(pairs: list[Pair]) -> list[dict[str, Any]]:
+    """The residual stream, layer by layer: metrics of each decoder layer's first output."""
+    out = []
+    for p in pairs:
+        t = p.target
+        m = _LAYER.search(t.name)
+        if m and t.role == Role.OUTPUT and t.arg in ("0", "0.0") and p.metrics is not None:
+            out.append(
+                {
+                    "rank": t.rank,
+                    "step": t.step,
+                    "layer": int(m.group(2)),
+                    "name": t.name,
+                    "cosine": p.metrics.cosine,
+                    "norm_ratio": p.metrics.norm_ratio,
+                    "rel_l2": p.metrics.rel_l2,
+                    "verdict": p.verdict.label,
+                }
+            )
+    return out
+
+
+def _propagates(pairs: list[Pair], d: Divergence) -> bool:
+    """True when the last compared output of the divergence's step still fails."""
+    step, rank = d.pair.target.step, d.pair.target.rank
+    outputs = [
+        p for p in pairs if p.target.step == step and p.target.rank == rank and p.target.role == Role.OUTPUT
+    ]
+    return bool(outputs) and outputs[-1].failing
+
+
+__all__ = ["CompareResult", "Divergence", "Pair", "Thresholds", "compare", "math"]

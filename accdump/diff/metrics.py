@@ -1,0 +1,173 @@
+"""Metrics of one golden/target pair and its verdict band.
+
+With both full tensors: cosine, norm ratio, relative L2 error, SQNR, allclose failures (the
+native compare_metrics, in float64). With statistics only: relative differences of norm, std,
+mean and absmax, and NaN/Inf counts. NaN or Inf appearing in the target only is always a
+divergence. Several real bugs (a missing global scale, FP8 bits read in the wrong variant) keep
+the cosine at 1 and only change magnitudes, so norms are judged too.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from enum import IntEnum
+
+import torch
+
+from accdump import ops
+from accdump.store.reader import Record
+
+
+class Verdict(IntEnum):
+    PASS = 0
+    SUSPICIOUS = 1
+    BROKEN = 2
+    CATASTROPHIC = 3
+    MISMATCH = 4  # shapes or dtypes that cannot be compared
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Band limits: a pair passes when every metric is inside the `pass` limits, and so on."""
+
+    cosine: tuple[float, float, float] = (0.999, 0.99, 0.9)  # pass, suspicious, broken lower bounds
+    rel_l2: tuple[float, float, float] = (0.05, 0.15, 0.5)  # upper bounds
+    norm_ratio_dev: tuple[float, float, float] = (0.02, 0.05, 0.25)  # |‖t‖/‖g‖ - 1| upper bounds
+    stat_rel: tuple[float, float, float] = (0.02, 0.05, 0.25)  # stats-only: rel. diff of l2/std/absmax
+    atol: float = 1e-3
+    rtol: float = 1e-2
+
+
+@dataclass
+class PairMetrics:
+    """What compare measured for one pair; fields are None when not measurable from the data."""
+
+    source: str  # "tensor" or "stats"
+    cosine: float | None = None
+    rel_l2: float | None = None
+    norm_ratio: float | None = None
+    sqnr_db: float | None = None
+    max_abs_diff: float | None = None
+    allclose_fail_fraction: float | None = None
+    mean_diff: float | None = None
+    std_rel_diff: float | None = None
+    absmax_rel_diff: float | None = None
+    new_nan: int = 0  # NaN/Inf in target where golden has none (counts or positions)
+    new_inf: int = 0
+    rows_cosine_worst: list[tuple[int, float]] = field(default_factory=list)  # (row, cosine), worst first
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _rel(a: float, b: float) -> float:
+    if a == b:
+        return 0.0
+    denom = max(abs(a), 1e-30)
+    return abs(b - a) / denom
+
+
+def _band_low(value: float, bounds: tuple[float, float, float]) -> Verdict:
+    """For metrics where larger is better (cosine)."""
+    if value >= bounds[0]:
+        return Verdict.PASS
+    if value >= bounds[1]:
+        return Verdict.SUSPICIOUS
+    if value >= bounds[2]:
+        return Verdict.BROKEN
+    return Verdict.CATASTROPHIC
+
+
+def _band_high(value: float, bounds: tuple[float, float, float]) -> Verdict:
+    """For metrics where smaller is better (errors)."""
+    if value <= bounds[0]:
+        return Verdict.PASS
+    if value <= bounds[1]:
+        return Verdict.SUSPICIOUS
+    if value <= bounds[2]:
+        return Verdict.BROKEN
+    return Verdict.CATASTROPHIC
+
+
+def verdict_of(m: PairMetrics, th: Thresholds) -> Verdict:
+    if m.new_nan or m.new_inf:
+        return Verdict.CATASTROPHIC
+    bands = []
+    if m.source == "tensor":
+        if m.cosine is not None:
+            bands.append(_band_low(m.cosine, th.cosine))
+        if m.rel_l2 is not None:
+            bands.append(_band_high(m.rel_l2, th.rel_l2))
+        if m.norm_ratio is not None:
+            bands.append(_band_high(abs(m.norm_ratio - 1.0), th.norm_ratio_dev))
+    else:
+        if m.norm_ratio is not None:
+            bands.append(_band_high(abs(m.norm_ratio - 1.0), th.stat_rel))
+        for v in (m.std_rel_diff, m.absmax_rel_diff, m.mean_diff):
+            if v is not None:
+                bands.append(_band_high(v, th.stat_rel))
+    return max(bands, default=Verdict.PASS)
+
+
+def stats_metrics(g: Record, t: Record) -> PairMetrics:
+    gs, ts = g.stats, t.stats
+    m = PairMetrics(source="stats")
+    if gs.l2norm > 0:
+        m.norm_ratio = ts.l2norm / gs.l2norm
+    elif ts.l2norm > 0:
+        m.norm_ratio = math.inf
+    else:
+        m.norm_ratio = 1.0
+    if math.isfinite(gs.std) and math.isfinite(ts.std):
+        m.std_rel_diff = _rel(gs.std, ts.std)
+        scale = max(gs.std, abs(gs.mean), 1e-30)
+        m.mean_diff = abs(ts.mean - gs.mean) / scale  # mean shift in units of the golden spread
+    if math.isfinite(gs.absmax) and math.isfinite(ts.absmax):
+        m.absmax_rel_diff = _rel(gs.absmax, ts.absmax)
+    m.new_nan = max(0, ts.nan - gs.nan)
+    m.new_inf = max(0, (ts.posinf + ts.neginf) - (gs.posinf + gs.neginf))
+    return m
+
+
+def _align_shapes(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Makes compatible shapes equal: drops size-1 dimensions, or crops padding to a multiple."""
+    if a.shape == b.shape:
+        return a, b
+    if a.numel() == b.numel():
+        return a.reshape(-1), b.reshape(-1)
+    sa, sb = [s for s in a.shape if s != 1], [s for s in b.shape if s != 1]
+    if len(sa) == len(sb) and all(x <= y for x, y in zip(sa, sb, strict=True)):
+        b2 = b.reshape(sb)[tuple(slice(0, x) for x in sa)]
+        return a.reshape(sa), b2  # target padded: compare the golden extent
+    return None
+
+
+def tensor_metrics(g: torch.Tensor, t: torch.Tensor, th: Thresholds, device: str) -> PairMetrics | None:
+    aligned = _align_shapes(g, t)
+    if aligned is None:
+        return None
+    a, b = aligned
+    if not a.dtype.is_floating_point or not b.dtype.is_floating_point:
+        a, b = a.to(torch.float64), b.to(torch.float64)
+    if a.dtype not in ops.METRICS_DTYPES or b.dtype not in ops.METRICS_DTYPES:
+        a, b = a.float(), b.float()
+    a, b = a.to(device), b.to(device)
+    pm = ops.compare_metrics(a, b, atol=th.atol, rtol=th.rtol)
+    m = PairMetrics(source="tensor")
+    m.cosine, m.rel_l2, m.norm_ratio, m.sqnr_db = pm.cosine, pm.rel_l2, pm.norm_ratio, pm.sqnr_db
+    m.max_abs_diff = pm.max_abs_diff
+    m.allclose_fail_fraction = pm.allclose_fail_fraction
+    a_nan = int(torch.isnan(a).sum()) if a.dtype.is_floating_point else 0
+    m.new_nan = max(0, int(torch.isnan(b).sum()) - a_nan) if pm.nan_mismatch else 0
+    m.new_inf = max(0, int(torch.isinf(b).sum()) - int(torch.isinf(a).sum())) if pm.inf_mismatch else 0
+    if a.dim() >= 1 and a.numel() > 0:
+        rows = ops.rowwise_metrics(a, b).cosine.cpu()
+        k = min(5, rows.numel())
+        worst = torch.argsort(torch.nan_to_num(rows, nan=-2.0))[:k]
+        m.rows_cosine_worst = [(int(i), float(rows[i])) for i in worst]
+    return m

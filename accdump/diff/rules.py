@@ -1,0 +1,66 @@
+"""Renaming rules: regex -> replacement applied to target names before pairing with golden ones.
+
+A rules file is YAML or JSON: a list of {pattern: ..., replacement: ...} (or [pattern, replacement])
+pairs, applied in order, e.g. `transformer\\.layers\\.(\\d+)\\.attention\\.dense` -> `model.layers.\\1.self_attn.o_proj`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from accdump.errors import AccdumpError
+
+
+class RulesError(AccdumpError, ValueError):
+    """A renaming rules file could not be read or holds a bad rule."""
+
+
+@dataclass(frozen=True)
+class RenameRules:
+    rules: tuple[tuple[re.Pattern[str], str], ...] = ()
+
+    def apply(self, name: str) -> str:
+        for pattern, repl in self.rules:
+            name = pattern.sub(repl, name)
+        return name
+
+    @classmethod
+    def load(cls, path: str | Path) -> RenameRules:
+        p = Path(path)
+        try:
+            text = p.read_text()
+        except OSError as exc:
+            raise RulesError(f"cannot read rules file {p}: {exc}") from exc
+        try:
+            if p.suffix in (".yaml", ".yml"):
+                import yaml
+
+                data = yaml.safe_load(text)
+            else:
+                data = json.loads(text)
+        except Exception as exc:
+            raise RulesError(
+                f"{p}: not valid {'YAML' if p.suffix in ('.yaml', '.yml') else 'JSON'}: {exc}"
+            ) from exc
+        if isinstance(data, dict) and "rename" in data:
+            data = data["rename"]
+        if not isinstance(data, list):
+            raise RulesError(
+                f"{p}: expected a list of {{pattern, replacement}} rules, got {type(data).__name__}"
+            )
+        rules = []
+        for i, item in enumerate(data):
+            if isinstance(item, dict) and "pattern" in item:
+                pat, repl = item["pattern"], item.get("replacement", "")
+            elif isinstance(item, (list, tuple)) and len(item) == 2:
+                pat, repl = item
+            else:
+                raise RulesError(f"{p}: rule {i} must be {{pattern: ..., replacement: ...}}, got {item!r}")
+            try:
+                rules.append((re.compile(str(pat)), str(repl)))
+            except re.error as exc:
+                raise RulesError(f"{p}: rule {i}: bad regular expression {pat!r}: {exc}") from exc
+        return cls(tuple(rules))
