@@ -1,6 +1,6 @@
 """Comparing dumps: alignment, pair metrics, the first divergence, reports."""
 
-from accdump.diff.compare import CompareResult, Divergence, Pair, compare
+from accdump.diff.comparison import CompareResult, Divergence, Pair, compare
 from accdump.diff.metrics import Thresholds, Verdict
 from accdump.diff.rules import RenameRules
 

@@ -13,7 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from accdump.diff.compare import CompareResult, Pair
+from accdump.diff.comparison import CompareResult, Pair
 from accdump.diff.metrics import Verdict
 
 STYLE = {
@@ -45,10 +45,10 @@ def neighbourhood(result: CompareResult, width: int = 8) -> list[Pair]:
 def print_summary(result: CompareResult, console: Console) -> None:
     console.print(f"[bold]{result.verdict_line()}[/bold]")
     if result.first_token_diff:
-        t = result.first_token_diff
+        tok = result.first_token_diff
         console.print(
-            f"First differing token: rank {t['rank']}, step {t['step']}, position {t['position']}: "
-            f"golden {t['golden_token']}, target {t['target_token']}"
+            f"First differing token: rank {tok['rank']}, step {tok['step']}, position {tok['position']}: "
+            f"golden {tok['golden_token']}, target {tok['target_token']}"
         )
     d = result.first_divergence
     if d is not None:
@@ -178,10 +178,13 @@ _PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>accdump compare</title>
 <style>
 body{font-family:system-ui,sans-serif;margin:2em;color:#222}
-.verdict{font-size:1.25em;font-weight:600;padding:.6em;border-radius:6px;background:{{ 'var(--bad)' if diverged else 'var(--ok)' }}}
+.verdict{font-size:1.25em;font-weight:600;padding:.6em;border-radius:6px;
+ background:{{ 'var(--bad)' if diverged else 'var(--ok)' }}}
 :root{--ok:#dff5e1;--bad:#fde2e1}
-table{border-collapse:collapse;font-size:.85em} td,th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}
-td.name{text-align:left;font-family:monospace} tr.div{outline:2px solid #c00}
+table{border-collapse:collapse;font-size:.85em}
+td,th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}
+td.name{text-align:left;font-family:monospace}
+tr.div{outline:2px solid #c00}
 .pass{background:#e7f6e7}.suspicious{background:#fff5cc}.broken{background:#fbd5d5}.catastrophic{background:#f39c9c}
 .mismatch{background:#e8d5f5}
 </style></head><body>

@@ -1,7 +1,8 @@
 """Renaming rules: regex -> replacement applied to target names before pairing with golden ones.
 
 A rules file is YAML or JSON: a list of {pattern: ..., replacement: ...} (or [pattern, replacement])
-pairs, applied in order, e.g. `transformer\\.layers\\.(\\d+)\\.attention\\.dense` -> `model.layers.\\1.self_attn.o_proj`.
+pairs, applied in order, e.g.
+`transformer\\.layers\\.(\\d+)\\.attention\\.dense` -> `model.layers.\\1.self_attn.o_proj`.
 """
 
 from __future__ import annotations
