@@ -13,5 +13,8 @@ tail -3 "$OUT/build.log"
 python3 -m accdump.cli.main selfcheck 2>&1 | tee "$OUT/selfcheck.log"
 python3 -m pytest -q -ra -x ${PYTEST_ARGS:-tests} 2>&1 | tee "$OUT/pytest.log" | tail -25
 if [ "${BENCH:-1}" = "1" ]; then
-  python3 benchmarks/bench_ops.py --json "$OUT/bench_ops.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench_ops.log"
+  python3 benchmarks/bench_ops.py --json "$OUT/bench_ops.json" ${BENCH_ARGS:-} > "$OUT/bench_ops.log" 2>&1
+  python3 benchmarks/bench_record.py --json "$OUT/bench_record.json" > "$OUT/bench_record.log" 2>&1
+  python3 benchmarks/bench_compare.py --json "$OUT/bench_compare.json" > "$OUT/bench_compare.log" 2>&1
+  tail -30 "$OUT/bench_ops.log"; tail -12 "$OUT/bench_record.log"; tail -3 "$OUT/bench_compare.log"
 fi
