@@ -51,17 +51,20 @@ class OpCaptureMode(TorchDispatchMode):
             or not rec.filters.wants_op(op)
         ):
             return func(*args, **kwargs)
+        if rec.auto_step and not rec._stack and rec._buf is None:
+            # outside any call of the model (e.g. generate()'s own argmax): not part of a step
+            return func(*args, **kwargs)
         buf = rec._open_step()
         if buf is None:
             return func(*args, **kwargs)
-        name = rec.op_name(op)
+        name, call = rec.op_name(op)
         if not rec.filters.wants_name(name):
             return func(*args, **kwargs)
         # inputs before the op runs (an in-place op would change them), outputs after
-        rec._capture_all(buf, args, name, 0, Role.INPUT, op)
-        rec._capture_all(buf, kwargs, name, 0, Role.INPUT, op)
+        rec._capture_all(buf, args, name, call, Role.INPUT, op)
+        rec._capture_all(buf, kwargs, name, call, Role.INPUT, op)
         out = func(*args, **kwargs)
-        rec._capture_all(buf, out, name, 0, Role.OUTPUT, op)
+        rec._capture_all(buf, out, name, call, Role.OUTPUT, op)
         return out
 
 

@@ -74,13 +74,15 @@ def active_recorder() -> Recorder | None:
 
 
 class _Frame:
-    """A module call in progress: its name and how many times each op ran inside it."""
+    """A module call in progress: its name, its call index and how many times each op ran inside it."""
 
-    __slots__ = ("name", "op_counts")
+    __slots__ = ("call", "kwargs_pending", "name", "op_counts")
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, call: int):
         self.name = name
+        self.call = call
         self.op_counts: dict[str, int] = {}
+        self.kwargs_pending = False  # entered by the global hook, which sees no keyword inputs
 
 
 class Recorder:
@@ -358,12 +360,14 @@ class Recorder:
         if self.params:
             self._record_parameters(module)
         self._pre_hook(self._names[module], module, args, {})
+        if self._stack and self._stack[-1].name == self._names[module]:
+            self._stack[-1].kwargs_pending = True
 
     def _pre_hook(self, name: str, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if not self.enabled or self._in_capture:
             return
-        self._stack.append(_Frame(name))
         buf = self._open_step()
+        self._stack.append(_Frame(name, buf.calls.get(name, 0) if buf is not None else 0))
         if buf is None:
             return
         is_root = len(self._stack) == 1
@@ -383,7 +387,7 @@ class Recorder:
     ) -> None:
         if not self.enabled or self._in_capture or not self._stack or self._stack[-1].name != name:
             return
-        self._stack.pop()
+        frame = self._stack.pop()
         buf = self._buf
         if buf is not None:
             if not self._stack and not buf.has_tokens:
@@ -394,6 +398,10 @@ class Recorder:
             )
             call = self._next_call(buf, name)
             if wanted:
+                if (
+                    frame.kwargs_pending
+                ):  # keyword inputs only visible now (never mutated by the call in practice)
+                    self._capture_all(buf, kwargs, name, call, Role.INPUT, kind)
                 self._capture_all(buf, output, name, call, Role.OUTPUT, kind)
         if not self._stack and self.auto_step:
             self._end_step()
@@ -422,13 +430,14 @@ class Recorder:
 
     # --- op level ---------------------------------------------------------------------------
 
-    def op_name(self, op: str) -> str:
-        """'module.path/op.index' for the op now running, counting per enclosing module call."""
+    def op_name(self, op: str) -> tuple[str, int]:
+        """('module.path/op.index', the module's call index) for the op now running; ops are
+        counted per enclosing module call."""
         frame = self._stack[-1] if self._stack else None
         counts = frame.op_counts if frame else self._root_op_counts()
         idx = counts.get(op, 0)
         counts[op] = idx + 1
-        return f"{frame.name if frame else ''}/{op}.{idx}"
+        return f"{frame.name if frame else ''}/{op}.{idx}", frame.call if frame else 0
 
     def _root_op_counts(self) -> dict[str, int]:
         buf = self._open_step()

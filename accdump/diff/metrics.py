@@ -165,7 +165,9 @@ def tensor_metrics(g: torch.Tensor, t: torch.Tensor, th: Thresholds, device: str
     a_nan = int(torch.isnan(a).sum()) if a.dtype.is_floating_point else 0
     m.new_nan = max(0, int(torch.isnan(b).sum()) - a_nan) if pm.nan_mismatch else 0
     m.new_inf = max(0, int(torch.isinf(b).sum()) - int(torch.isinf(a).sum())) if pm.inf_mismatch else 0
-    if a.dim() >= 1 and a.numel() > 0:
+    if a.dim() >= 1 and a.numel() > 0 and verdict_of(m, th) >= Verdict.SUSPICIOUS:
+        # per-row detail only where it will be read: a second pass over every passing pair would
+        # halve the comparison's speed
         rows = ops.rowwise_metrics(a, b).cosine.cpu()
         k = min(5, rows.numel())
         worst = torch.argsort(torch.nan_to_num(rows, nan=-2.0))[:k]

@@ -100,31 +100,44 @@ class Segment:
         self.rows = rows
 
     def records(self) -> Iterator[Record]:
-        for r in self.rows:
-            off, nbytes = int(r["heap_offset"]), int(r["heap_nbytes"])
-            if off >= 0 and (off + nbytes > self.heap_size or nbytes < 0):
-                raise DumpFormatError(f"{self.path}: record {r['name']!r} points outside the tensor heap")
-            yield Record(
-                rank=self.rank,
-                step=int(r["step"]),
-                order=int(r["order"]),
-                name=_attr(r["name"]),
-                call=int(r["call"]),
-                role=Role(int(r["role"])),
-                arg=_attr(r["arg"]),
-                kind=_attr(r["kind"]),
-                dtype=_attr(r["dtype"]),
-                shape=tuple(int(v) for v in r["shape"][: int(r["ndim"])]),
-                strides=tuple(int(v) for v in r["strides"][: int(r["ndim"])]),
-                storage_offset=int(r["storage_offset"]),
-                contiguous=bool(r["contiguous"]),
-                device=_attr(r["device"]),
-                stats=TensorStats.from_vector([float(r[f]) for f in STATS_FIELDS]),
-                hash=_attr(r["hash"]),
-                segment=self.path,
-                heap_offset=off,
-                heap_nbytes=nbytes,
-            )
+        for i, r in enumerate(self.rows):
+            try:
+                rec = self._record(r)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise DumpFormatError(f"{self.path}: record {i} is corrupt: {exc}") from exc
+            if rec.heap_offset >= 0 and (
+                rec.heap_offset + rec.heap_nbytes > self.heap_size or rec.heap_nbytes < 0
+            ):
+                raise DumpFormatError(
+                    f"{self.path}: record {i} ({rec.name!r}) points outside the tensor heap"
+                )
+            yield rec
+
+    def _record(self, r: np.void) -> Record:
+        ndim = int(r["ndim"])
+        if not 0 <= ndim <= len(r["shape"]):
+            raise ValueError(f"ndim {ndim} out of range")
+        return Record(
+            rank=self.rank,
+            step=int(r["step"]),
+            order=int(r["order"]),
+            name=_attr(r["name"]),
+            call=int(r["call"]),
+            role=Role(int(r["role"])),
+            arg=_attr(r["arg"]),
+            kind=_attr(r["kind"]),
+            dtype=_attr(r["dtype"]),
+            shape=tuple(int(v) for v in r["shape"][:ndim]),
+            strides=tuple(int(v) for v in r["strides"][:ndim]),
+            storage_offset=int(r["storage_offset"]),
+            contiguous=bool(r["contiguous"]),
+            device=_attr(r["device"]),
+            stats=TensorStats.from_vector([float(r[f]) for f in STATS_FIELDS]),
+            hash=_attr(r["hash"]),
+            segment=self.path,
+            heap_offset=int(r["heap_offset"]),
+            heap_nbytes=int(r["heap_nbytes"]),
+        )
 
 
 class Dump:
@@ -207,12 +220,16 @@ class Dump:
                 f"{record.name} ({record.role.name.lower()} {record.arg}, step {record.step}) "
                 "was recorded without its tensor (use --mode tensor)"
             )
+        where = f"{record.segment}: tensor of {record.name!r} (step {record.step})"
         try:
             with h5py.File(record.segment, "r") as f:
                 raw = f[HEAP][record.heap_offset : record.heap_offset + record.heap_nbytes]
-        except Exception as exc:
-            raise DumpFormatError(f"{record.segment}: cannot read tensor of {record.name}: {exc}") from exc
-        return tensor_from_bytes(raw, dtype_from_name(record.dtype), record.shape)
+        except Exception as exc:  # a checksum mismatch or a damaged file
+            raise DumpFormatError(f"{where} cannot be read: {exc}") from exc
+        try:
+            return tensor_from_bytes(raw, dtype_from_name(record.dtype), record.shape)
+        except DumpFormatError as exc:
+            raise DumpFormatError(f"{where}: {exc}") from exc
 
 
 def load(path: str | os.PathLike[str]) -> Dump:
