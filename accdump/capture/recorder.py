@@ -27,7 +27,7 @@ from accdump.capture.filters import Filters
 from accdump.capture.fingerprint import fingerprint
 from accdump.capture.flatten import iter_tensors
 from accdump.capture.rank import rank_and_world
-from accdump.capture.step_buffer import Capture, StepBuffer, StepPayload
+from accdump.capture.step_buffer import Capture, Seen, StepBuffer, StepPayload
 from accdump.capture.writer_thread import WriterThread
 from accdump.errors import AccdumpError, RecordWriteError
 from accdump.store.dtypes import dtype_name
@@ -239,28 +239,22 @@ class Recorder:
             return
         self._in_capture = True
         try:
+            wants_tensor = self.mode == "tensor" or role == Role.TOKENS
             seen = buf.seen.get(id(t))
-            if seen is not None and seen[0]() is t and seen[1] == t._version:
-                index = seen[2]  # the same tensor, unchanged since captured: reuse its statistics
-            else:
+            if seen is not None and (seen.ref() is not t or seen.version != t._version):
+                seen = None
+            if seen is None:
                 chunk, row, index = buf.stats_rows(dev).take()
                 self._stats_into(t, chunk, row)
-                buf.seen[id(t)] = (weakref.ref(t), t._version, index)
-            host = None
-            if self.mode == "tensor" or role == Role.TOKENS:
-                max_bytes = self.filters.max_tensor_bytes
-                if max_bytes is None or t.numel() * t.element_size() <= max_bytes:
+                seen = buf.seen[id(t)] = Seen(weakref.ref(t), t._version, index)
+                if self.mode == "hash":
+                    hchunk, hrow, seen.hash_index = buf.hash_rows(dev).take()
                     with torch.no_grad():
-                        if dev.type == "cpu":
-                            host = t.clone(memory_format=torch.contiguous_format)
-                        else:
-                            host = torch.empty(t.shape, dtype=dtype, pin_memory=True)
-                            host.copy_(t, non_blocking=True)
-            hash_index = -1
-            if self.mode == "hash":
-                hchunk, hrow, hash_index = buf.hash_rows(dev).take()
-                with torch.no_grad():
-                    hchunk[hrow].copy_(fingerprint(t))
+                        hchunk[hrow].copy_(fingerprint(t))
+            # else: the same tensor, unchanged since captured (a layer's output is the next layer's
+            # input): its statistics, host copy and fingerprint are reused
+            if wants_tensor and seen.host is None:
+                seen.host = self._host_copy(t)
             buf.captures.append(
                 Capture(
                     self._order,
@@ -275,14 +269,26 @@ class Recorder:
                     int(t.storage_offset()),
                     t.is_contiguous(),
                     _device_str(dev),
-                    index,
-                    host,
-                    hash_index,
+                    seen.stats_index,
+                    seen.host if wants_tensor else None,
+                    seen.hash_index,
                 )
             )
             self._order += 1
         finally:
             self._in_capture = False
+
+    def _host_copy(self, t: torch.Tensor) -> torch.Tensor | None:
+        """A host copy of `t` made without blocking (pinned for CUDA), unless it is over the size limit."""
+        max_bytes = self.filters.max_tensor_bytes
+        if max_bytes is not None and t.numel() * t.element_size() > max_bytes:
+            return None
+        with torch.no_grad():
+            if t.device.type == "cpu":
+                return t.clone(memory_format=torch.contiguous_format)
+            host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            host.copy_(t, non_blocking=True)
+            return host
 
     def _capture_all(
         self, buf: StepBuffer, value: Any, name: str, call: int, role: Role, kind: str, prefix: str = ""

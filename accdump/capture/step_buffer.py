@@ -64,6 +64,17 @@ class DeviceRows:
 
 
 @dataclass
+class Seen:
+    """A tensor already captured in this step, valid while it is alive and its version unchanged."""
+
+    ref: Any  # weakref.ref to the tensor
+    version: int
+    stats_index: int
+    host: torch.Tensor | None = None
+    hash_index: int = -1
+
+
+@dataclass
 class StepBuffer:
     step: int
     captures: list[Capture] = field(default_factory=list)
@@ -72,9 +83,9 @@ class StepBuffer:
     calls: dict[str, int] = field(default_factory=dict)
     root_op_counts: dict[str, int] = field(default_factory=dict)  # ops run outside any module
     has_tokens: bool = False
-    # id(tensor) -> (weakref, version at capture, stats index): a tensor captured twice unchanged
-    # (a layer's output is the next layer's input) is measured once
-    seen: dict[int, tuple[Any, int, int]] = field(default_factory=dict)
+    # id(tensor) -> what was captured of it: a tensor captured twice unchanged (a layer's output
+    # is the next layer's input) is measured and copied once
+    seen: dict[int, Seen] = field(default_factory=dict)
 
     def stats_rows(self, device: torch.device) -> DeviceRows:
         rows = self.stats.get(device)

@@ -77,12 +77,18 @@ def payload_rows(p: StepPayload) -> tuple[np.ndarray, list[np.ndarray]]:
     offsets = np.full(n, -1, dtype=np.int64)
     sizes = np.zeros(n, dtype=np.int64)
     offset = 0
+    stored: dict[int, int] = {}  # id(host copy) -> heap offset: a tensor captured twice is stored once
     for i, c in enumerate(caps):
-        if c.tensor is not None:
-            raw = tensor_to_bytes(c.tensor)
-            offsets[i], sizes[i] = offset, raw.size
-            heap.append(raw)
-            offset += raw.size
+        if c.tensor is None:
+            continue
+        raw = tensor_to_bytes(c.tensor)
+        sizes[i] = raw.size
+        if id(c.tensor) in stored:
+            offsets[i] = stored[id(c.tensor)]
+            continue
+        offsets[i] = stored[id(c.tensor)] = offset
+        heap.append(raw)
+        offset += raw.size
     rows["heap_offset"], rows["heap_nbytes"] = offsets, sizes
     return rows, heap
 
