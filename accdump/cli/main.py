@@ -115,6 +115,9 @@ def compare(
     device: Annotated[
         str | None, typer.Option(help="Where to compute metrics (default: cuda if present).")
     ] = None,
+    structural: Annotated[
+        bool, typer.Option(help="Align records whose names differ by structure (class/op, role, shape).")
+    ] = True,
 ) -> None:
     """Find the first op where TARGET diverges from GOLDEN. Exit status: 0 none, 1 found, 2 error.
 
@@ -137,6 +140,7 @@ def compare(
         result = run_compare(
             golden,
             target,
+            structural=structural,
             rules=rules,
             thresholds=th,
             device=device,

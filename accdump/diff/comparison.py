@@ -122,8 +122,9 @@ class CompareResult:
                 what.append(f"std rel diff {m.std_rel_diff:.3g}")
             if m.new_nan or m.new_inf:
                 what.append(f"{m.new_nan} new NaN, {m.new_inf} new Inf")
+        golden_name = "" if p.golden.name == p.target.name else f" (golden: {p.golden.name or '<root>'})"
         return (
-            f"DIVERGED at rank {p.target.rank}, step {p.target.step}: {d.attributed_to} "
+            f"DIVERGED at rank {p.target.rank}, step {p.target.step}: {d.attributed_to}{golden_name} "
             f"({p.verdict.label}; {', '.join(what)}). {d.explanation}"
         )
 
@@ -198,8 +199,13 @@ def compare(
     thresholds: Thresholds | None = None,
     device: str | None = None,
     progress: Any = None,
+    structural: bool = True,
 ) -> CompareResult:
-    """Aligns `target` with `golden` and finds the first divergence; see CompareResult."""
+    """Aligns `target` with `golden` and finds the first divergence; see CompareResult.
+
+    Records are paired by (rank, step, name, call, role, arg) after `rules`; with `structural`,
+    records left unpaired are then aligned by execution order and structure (module class or op,
+    role, shape), as when the target is a re-implementation with other names."""
     gd = golden if isinstance(golden, Dump) else load(golden)
     td = target if isinstance(target, Dump) else load(target)
     rules = rules or RenameRules()
@@ -231,6 +237,14 @@ def compare(
         matched.add(key)
         pairs.append(_measure(gd, td, g, t, th, device))
     only_golden = [r for k, r in golden_by_key.items() if k not in matched]
+    if structural and only_golden and only_target:
+        by_structure, only_golden, only_target = align_by_structure(only_golden, only_target)
+        for g, t, confidence in by_structure:
+            pair = _measure(gd, td, g, t, th, device)
+            pair.note = (pair.note + "; " if pair.note else "") + (
+                f"matched by structure (kind, role, shape; confidence {confidence:.2f})"
+            )
+            pairs.append(pair)
     pairs.sort(key=lambda p: (p.target.step, p.target.rank, p.target.order))
 
     limit_step = token_diff["step"] if token_diff else None
@@ -252,6 +266,44 @@ def compare(
             if a.is_floating_point() and b.is_floating_point():
                 divergence.token_cosine = ops.rowwise_metrics(a.float(), b.float()).cosine.tolist()
     return result
+
+
+def _signature(r: Record) -> str:
+    return f"{r.kind}|{int(r.role)}|{r.arg}|{'x'.join(map(str, r.shape))}"
+
+
+def align_by_structure(
+    golden: list[Record], target: list[Record]
+) -> tuple[list[tuple[Record, Record, float]], list[Record], list[Record]]:
+    """Sequence-aligns unpaired records per (rank, step) on their structure: returns the pairs
+    (golden, target, confidence) and the records still unpaired on each side. Confidence is the
+    share of the step's unpaired records that the alignment matched."""
+    from difflib import SequenceMatcher
+
+    groups: dict[tuple[int, int], tuple[list[Record], list[Record]]] = {}
+    for r in golden:
+        groups.setdefault((r.rank, r.step), ([], []))[0].append(r)
+    for r in target:
+        groups.setdefault((r.rank, r.step), ([], []))[1].append(r)
+    pairs: list[tuple[Record, Record, float]] = []
+    left_g: list[Record] = []
+    left_t: list[Record] = []
+    for gs, ts in groups.values():
+        gs.sort(key=lambda r: r.order)
+        ts.sort(key=lambda r: r.order)
+        matcher = SequenceMatcher(
+            None, [_signature(r) for r in gs], [_signature(r) for r in ts], autojunk=False
+        )
+        confidence = matcher.ratio()
+        used_g, used_t = set(), set()
+        for block in matcher.get_matching_blocks():
+            for k in range(block.size):
+                pairs.append((gs[block.a + k], ts[block.b + k], confidence))
+                used_g.add(block.a + k)
+                used_t.add(block.b + k)
+        left_g += [r for i, r in enumerate(gs) if i not in used_g]
+        left_t += [r for i, r in enumerate(ts) if i not in used_t]
+    return pairs, left_g, left_t
 
 
 def _measure(gd: Dump, td: Dump, g: Record, t: Record, th: Thresholds, device: str) -> Pair:
