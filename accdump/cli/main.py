@@ -111,6 +111,9 @@ def compare(
     html_out: Annotated[
         str | None, typer.Option("--html", help="Write a self-contained HTML report.")
     ] = None,
+    thresholds: Annotated[
+        str | None, typer.Option(help="YAML/JSON verdict limits, with per-name-glob overrides.")
+    ] = None,
     cosine: Annotated[float | None, typer.Option(help="Cosine a pair must reach to pass.")] = None,
     device: Annotated[
         str | None, typer.Option(help="Where to compute metrics (default: cuda if present).")
@@ -132,7 +135,7 @@ def compare(
     from accdump.diff.report import print_summary, write_csv, write_html, write_json
 
     rules = RenameRules.load(rename) if rename else None
-    th = Thresholds()
+    th = Thresholds.load(thresholds) if thresholds else Thresholds()
     if cosine is not None:
         th = replace(th, cosine=(cosine, th.cosine[1], th.cosine[2]))
     with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:

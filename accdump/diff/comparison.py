@@ -308,15 +308,15 @@ def align_by_structure(
 
 def _measure(gd: Dump, td: Dump, g: Record, t: Record, th: Thresholds, device: str) -> Pair:
     if g.has_tensor and t.has_tensor:
-        m = tensor_metrics(gd.tensor(g), td.tensor(t), th, device)
+        m = tensor_metrics(gd.tensor(g), td.tensor(t), th.for_name(t.name), device)
         if m is None:
             return Pair(
                 g, t, None, Verdict.MISMATCH, f"shapes {list(g.shape)} and {list(t.shape)} do not align"
             )
-        return Pair(g, t, m, verdict_of(m, th))
+        return Pair(g, t, m, verdict_of(m, th.for_name(t.name)))
     m = stats_metrics(g, t)
     note = "" if g.shape == t.shape else f"shapes differ: {list(g.shape)} vs {list(t.shape)}"
-    return Pair(g, t, m, verdict_of(m, th), note)
+    return Pair(g, t, m, verdict_of(m, th.for_name(t.name)), note)
 
 
 def _first_divergence(pairs: list[Pair], limit_step: int | None) -> Divergence | None:

@@ -9,9 +9,12 @@ the cosine at 1 and only change magnitudes, so norms are judged too.
 
 from __future__ import annotations
 
+import fnmatch
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import IntEnum
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -41,6 +44,53 @@ class Thresholds:
     stat_rel: tuple[float, float, float] = (0.02, 0.05, 0.25)  # stats-only: rel. diff of l2/std/absmax
     atol: float = 1e-3
     rtol: float = 1e-2
+    overrides: tuple[tuple[str, Thresholds], ...] = ()  # (name glob, thresholds); the last match wins
+
+    def for_name(self, name: str) -> Thresholds:
+        """The thresholds that apply to records named `name`."""
+        chosen = self
+        for glob, th in self.overrides:
+            if fnmatch.fnmatchcase(name, glob):
+                chosen = th
+        return chosen
+
+    @classmethod
+    def load(cls, path: str | Path) -> Thresholds:
+        """From YAML/JSON: `{cosine: [0.999, 0.99, 0.9], rel_l2: ..., overrides: [{glob: "*.lm_head",
+        cosine: [0.99, 0.95, 0.8]}]}`; a single number sets the pass limit and keeps the others."""
+        from accdump.diff.rules import RulesError, read_structured
+
+        data = read_structured(Path(path))
+        if not isinstance(data, dict):
+            raise RulesError(f"{path}: expected a mapping of metric -> limits")
+
+        def build(base: Thresholds, spec: dict[str, Any], where: str) -> Thresholds:
+            changes: dict[str, Any] = {}
+            for key, value in spec.items():
+                if key in ("overrides", "glob"):
+                    continue
+                current = getattr(base, key, None)
+                if current is None or key == "overrides":
+                    raise RulesError(f"{path}: {where}unknown threshold {key!r}")
+                try:
+                    if isinstance(current, tuple):
+                        vals = [float(v) for v in value] if isinstance(value, list) else [float(value)]
+                        changes[key] = tuple(vals + list(current[len(vals) :]))[:3]
+                    else:
+                        changes[key] = float(value)
+                except (TypeError, ValueError):
+                    raise RulesError(
+                        f"{path}: {where}{key} must be a number or a list of 3 numbers"
+                    ) from None
+            return replace(base, **changes)
+
+        top = build(cls(), data, "")
+        overrides = []
+        for i, item in enumerate(data.get("overrides", []) or []):
+            if not isinstance(item, dict) or "glob" not in item:
+                raise RulesError(f"{path}: override {i} needs a 'glob'")
+            overrides.append((str(item["glob"]), build(replace(top, overrides=()), item, f"override {i}: ")))
+        return replace(top, overrides=tuple(overrides))
 
 
 @dataclass

@@ -11,12 +11,31 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from accdump.errors import AccdumpError
 
 
 class RulesError(AccdumpError, ValueError):
     """A renaming rules file could not be read or holds a bad rule."""
+
+
+def read_structured(p: Path) -> Any:
+    """The content of a YAML (.yaml/.yml) or JSON file; RulesError naming the file otherwise."""
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise RulesError(f"cannot read {p}: {exc}") from exc
+    try:
+        if p.suffix in (".yaml", ".yml"):
+            import yaml
+
+            return yaml.safe_load(text)
+        return json.loads(text)
+    except Exception as exc:
+        raise RulesError(
+            f"{p}: not valid {'YAML' if p.suffix in ('.yaml', '.yml') else 'JSON'}: {exc}"
+        ) from exc
 
 
 @dataclass(frozen=True)
