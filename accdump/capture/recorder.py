@@ -40,6 +40,8 @@ MODES = ("stats", "tensor", "hash")
 LEVELS = ("module", "op", "all")
 
 _DTYPE_NAMES = {dt: dtype_name(dt) for dt in ops.STATS_DTYPES}
+_ROLE_NAMES = {r: r.name.lower() for r in Role}
+_INDEX = [str(i) for i in range(64)]
 _DEVICE_NAMES: dict[torch.device, str] = {}
 
 
@@ -293,8 +295,17 @@ class Recorder:
     def _capture_all(
         self, buf: StepBuffer, value: Any, name: str, call: int, role: Role, kind: str, prefix: str = ""
     ) -> None:
-        role_name = role.name.lower()
-        if role_name not in self.filters.roles:
+        if _ROLE_NAMES[role] not in self.filters.roles:
+            return
+        # fast paths for the common shapes of arguments: a tensor, a tuple of tensors, no kwargs
+        if isinstance(value, torch.Tensor):
+            self._capture(buf, value, name, call, role, prefix or "0", kind)
+            return
+        if isinstance(value, (tuple, list, dict)) and not value:
+            return
+        if type(value) is tuple and not prefix and all(type(v) is torch.Tensor for v in value):
+            for i, t in enumerate(value):
+                self._capture(buf, t, name, call, role, _INDEX[i] if i < len(_INDEX) else str(i), kind)
             return
         for arg, t in iter_tensors(value, prefix):
             self._capture(buf, t, name, call, role, arg, kind)

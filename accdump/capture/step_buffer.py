@@ -4,7 +4,7 @@ fingerprints in flight to the host."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -13,9 +13,9 @@ from accdump import ops
 CHUNK_ROWS = 256
 
 
-@dataclass
-class Capture:
-    """Metadata of one captured tensor; the numbers arrive later from the device."""
+class Capture(NamedTuple):
+    """Metadata of one captured tensor; the numbers arrive later from the device. (A NamedTuple:
+    one is made per captured tensor on the hot path, and tuples are the cheapest to build.)"""
 
     order: int
     name: str
@@ -63,15 +63,17 @@ class DeviceRows:
         return out
 
 
-@dataclass
 class Seen:
     """A tensor already captured in this step, valid while it is alive and its version unchanged."""
 
-    ref: Any  # weakref.ref to the tensor
-    version: int
-    stats_index: int
-    host: torch.Tensor | None = None
-    hash_index: int = -1
+    __slots__ = ("hash_index", "host", "ref", "stats_index", "version")
+
+    def __init__(self, ref: Any, version: int, stats_index: int):
+        self.ref = ref  # weakref.ref to the tensor
+        self.version = version
+        self.stats_index = stats_index
+        self.host: torch.Tensor | None = None
+        self.hash_index = -1
 
 
 @dataclass
