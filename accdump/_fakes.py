@@ -28,6 +28,11 @@ def _tensor_stats_into_fake(
     return None
 
 
+@torch.library.register_fake("accdump::tensor_fingerprint_into")
+def _tensor_fingerprint_into_fake(x: torch.Tensor, out: torch.Tensor, row: int) -> None:
+    return None
+
+
 @torch.library.register_fake("accdump::compare_metrics")
 def _compare_metrics_fake(
     a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float, eps: float

@@ -175,6 +175,27 @@ def tensor_stats_into(
     reference.tensor_stats_into(x, out, row, workspace)
 
 
+def tensor_fingerprint_into(x: torch.Tensor, out: torch.Tensor, row: int, backend: Backend = "auto") -> None:
+    """Writes a 128-bit fingerprint of x's bytes in logical order into out[row] (int64 [R, 2]):
+    equal bits give equal fingerprints whatever the strides. One launch, no host sync."""
+    if x.device.type == "meta":
+        raise OpInputError("accdump.tensor_fingerprint_into: x is on the meta device and holds no data")
+    if _use_native(backend, x.device, "tensor_fingerprint_into"):
+        try:
+            torch.ops.accdump.tensor_fingerprint_into.default(x, out, row)
+        except RuntimeError as exc:
+            raise _native_errors_typed("tensor_fingerprint_into", exc) from None
+        return
+    reference.tensor_fingerprint_into(x, out, row)
+
+
+def fingerprint(x: torch.Tensor, backend: Backend = "auto") -> str:
+    """The fingerprint of `x` as 32 hex digits (synchronises)."""
+    out = torch.zeros(1, 2, dtype=torch.int64, device=x.device)
+    tensor_fingerprint_into(x, out, 0, backend)
+    return "".join(f"{int(v) & 0xFFFFFFFFFFFFFFFF:016x}" for v in out[0].tolist())
+
+
 def tensor_stats(x: torch.Tensor, backend: Backend = "auto") -> TensorStats:
     """Statistics of `x` (synchronises to read them)."""
     return TensorStats.from_vector(tensor_stats_raw(x, backend).tolist())

@@ -162,6 +162,15 @@ def main() -> None:
             timer(dev, lambda: eager_stats(x), r),
             timer(dev, lambda: compiled_stats(x), r) if compiled_stats else None,
         )
+        fp_out = torch.zeros(1, 2, dtype=torch.int64, device=dev)
+        add(
+            "tensor_fingerprint_into",
+            size,
+            nbytes,
+            timer(dev, lambda: ops.tensor_fingerprint_into(x, fp_out, 0, backend), r),
+            timer(dev, lambda: eager_stats(x), r),
+            None,
+        )
         add(
             "compare_metrics",
             size,

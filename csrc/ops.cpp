@@ -28,6 +28,10 @@ TORCH_LIBRARY(accdump, m) {
   // safe inside CUDA graph capture.
   m.def("tensor_stats_into(Tensor x, Tensor(a!) out, int row, Tensor(b!)? workspace=None) -> ()");
   m.def("stats_workspace_size() -> int", &accdump_stats_workspace_size);
+  // A 128-bit fingerprint of x's bytes in logical order into out[row] (int64 [R, 2]), for
+  // bit-exactness checks between runs: lane k = numel + sum over 8-byte words w_i (zero-padded) of
+  // mix_k(w_i, i) with wrap-around; the same function as accdump.capture.fingerprint.
+  m.def("tensor_fingerprint_into(Tensor x, Tensor(a!) out, int row) -> ()");
   // Pairwise metrics of two same-shape floating tensors (dtypes may differ), float64[14]:
   // count, dot, sum a^2, sum b^2, max|a-b|, its flat index, sum|a-b|, sum (a-b)^2,
   // max |a-b|/max(|a|,eps), allclose failures (|a-b| > atol + rtol|b|), NaN mismatches,
@@ -43,6 +47,7 @@ TORCH_LIBRARY_IMPL(accdump, Autograd, m) {
   m.impl("tensor_stats", torch::CppFunction::makeFallthrough());
   m.impl("tensor_stats_multi", torch::CppFunction::makeFallthrough());
   m.impl("tensor_stats_into", torch::CppFunction::makeFallthrough());
+  m.impl("tensor_fingerprint_into", torch::CppFunction::makeFallthrough());
   m.impl("compare_metrics", torch::CppFunction::makeFallthrough());
   m.impl("rowwise_metrics", torch::CppFunction::makeFallthrough());
 }

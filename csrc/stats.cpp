@@ -2,6 +2,9 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cstring>
+
 #include "stats_glue.h"
 
 namespace accdump {
@@ -49,6 +52,18 @@ TensorDesc check_stats_into(const at::Tensor& x, const at::Tensor& out, int64_t 
   return *d;
 }
 
+at::Tensor check_fingerprint_into(const at::Tensor& x, const at::Tensor& out, int64_t row) {
+  const char* op = "accdump.tensor_fingerprint_into: ";
+  TORCH_CHECK(out.scalar_type() == at::kLong && out.dim() == 2 && out.size(1) == 2 && out.is_contiguous(), op,
+              "out must be a contiguous int64 tensor [rows, 2], got ", c10::toString(out.scalar_type()), " ",
+              shape_str(out.sizes()));
+  TORCH_CHECK(row >= 0 && row < out.size(0), op, "row ", std::to_string(row), " is outside out's ",
+              std::to_string(out.size(0)), " rows");
+  TORCH_CHECK(out.device() == x.device(), op, "out is on ", out.device().str(), " but x is on ", x.device().str());
+  TORCH_CHECK(x.layout() == at::kStrided, op, "x must be a strided (dense) tensor");
+  return x.contiguous();  // the fingerprint is of the values in logical order
+}
+
 namespace {
 
 void tensor_stats_into_cpu(const at::Tensor& x, at::Tensor& out, int64_t row,
@@ -56,6 +71,22 @@ void tensor_stats_into_cpu(const at::Tensor& x, at::Tensor& out, int64_t row,
   at::Tensor keep;
   const TensorDesc d = check_stats_into(x, out, row, workspace, keep);
   tensor_stats_cpu_kernel(d, out.data_ptr<double>() + row * kStatsFields);
+}
+
+void tensor_fingerprint_into_cpu(const at::Tensor& x, at::Tensor& out, int64_t row) {
+  const at::Tensor c = check_fingerprint_into(x, out, row);
+  const auto* data = static_cast<const unsigned char*>(c.const_data_ptr());
+  const int64_t nbytes = c.numel() * static_cast<int64_t>(c.element_size());
+  uint64_t total[2] = {static_cast<uint64_t>(x.numel()), static_cast<uint64_t>(x.numel())};
+  for (int64_t i = 0; i * 8 < nbytes; ++i) {
+    uint64_t w = 0;
+    const int64_t n = std::min<int64_t>(8, nbytes - i * 8);
+    std::memcpy(&w, data + i * 8, static_cast<size_t>(n));  // little-endian, zero-padded
+    for (int k = 0; k < 2; ++k) total[k] += fingerprint_mix(w, static_cast<uint64_t>(i), fp_m1(k), fp_m2(k));
+  }
+  int64_t* o = out.data_ptr<int64_t>() + row * 2;
+  o[0] = static_cast<int64_t>(total[0]);
+  o[1] = static_cast<int64_t>(total[1]);
 }
 
 at::Tensor stats_cpu(at::TensorList xs, const char* op) {
@@ -77,6 +108,7 @@ TORCH_LIBRARY_IMPL(accdump, CPU, m) {
   m.impl("tensor_stats", &tensor_stats_cpu);
   m.impl("tensor_stats_multi", &tensor_stats_multi_cpu);
   m.impl("tensor_stats_into", &tensor_stats_into_cpu);
+  m.impl("tensor_fingerprint_into", &tensor_fingerprint_into_cpu);
 }
 
 }  // namespace accdump

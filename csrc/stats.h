@@ -130,6 +130,23 @@ void launch_tensor_stats_cuda(const TensorDesc* descs, const int64_t* block_begi
 // the last block to finish merges them in fixed order and resets the counter.
 void launch_tensor_stats_into_cuda(const TensorDesc& d, void* workspace, double* out, cudaStream_t stream);
 
+// The fingerprint's mixing of word `w` at word index `i` for one lane (m1, m2): unsigned
+// arithmetic wraps exactly like torch's int64 ops; the shift is arithmetic as in torch.
+ACCDUMP_HD uint64_t fingerprint_mix(uint64_t w, uint64_t i, uint64_t m1, uint64_t m2) {
+  constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ull;
+  uint64_t x = w ^ (i * kGolden + m1);
+  x *= m2;
+  x ^= static_cast<uint64_t>(static_cast<int64_t>(x) >> 29);
+  return x * m1;
+}
+// The two lanes' multipliers (functions rather than arrays so device code can use them).
+ACCDUMP_HD constexpr uint64_t fp_m1(int lane) { return lane == 0 ? 0x9E3779B97F4A7C15ull : 0xD1B54A32D192ED03ull; }
+ACCDUMP_HD constexpr uint64_t fp_m2(int lane) { return lane == 0 ? 0xBF58476D1CE4E5B9ull : 0x4D5867D53535777Full; }
+
+// Fingerprint of `nbytes` contiguous bytes into out[2] (adds `numel` to each lane).
+void launch_fingerprint_cuda(const void* data, int64_t nbytes, int64_t numel, void* workspace, int64_t* out,
+                             cudaStream_t stream);
+
 constexpr int64_t kStatsMaxBlocks = 2048;
 constexpr int64_t kStatsWorkspaceHeader = 16;
 

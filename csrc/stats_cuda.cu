@@ -237,3 +237,70 @@ void launch_tensor_stats_cuda(const TensorDesc* descs, const int64_t* block_begi
 }
 
 }  // namespace accdump
+
+namespace accdump {
+namespace {
+
+__global__ void __launch_bounds__(kThreads) fingerprint_kernel(const unsigned char* data, int64_t nbytes,
+                                                               int64_t numel, unsigned* counter,
+                                                               unsigned long long* partials, int64_t* out) {
+  __shared__ unsigned long long smem[2][32];
+  __shared__ bool is_last;
+  const int64_t nwords = (nbytes + 7) / 8;
+  const bool aligned = reinterpret_cast<uintptr_t>(data) % 8 == 0;
+  unsigned long long acc[2] = {0, 0};
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < nwords;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    uint64_t w = 0;
+    if (aligned && (i + 1) * 8 <= nbytes) {
+      w = reinterpret_cast<const uint64_t*>(data)[i];
+    } else {
+      for (int b = 0; b < 8 && i * 8 + b < nbytes; ++b) w |= static_cast<uint64_t>(data[i * 8 + b]) << (8 * b);
+    }
+    for (int k = 0; k < 2; ++k) acc[k] += fingerprint_mix(w, static_cast<uint64_t>(i), fp_m1(k), fp_m2(k));
+  }
+  // integer sums: any order gives the same bits
+  for (int k = 0; k < 2; ++k) {
+    for (int off = 16; off > 0; off >>= 1) acc[k] += __shfl_down_sync(0xffffffffu, acc[k], off);
+    if (threadIdx.x % 32 == 0) smem[k][threadIdx.x / 32] = acc[k];
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    unsigned long long total[2] = {0, 0};
+    for (int k = 0; k < 2; ++k)
+      for (unsigned wp = 0; wp < blockDim.x / 32; ++wp) total[k] += smem[k][wp];
+    partials[2 * blockIdx.x] = total[0];
+    partials[2 * blockIdx.x + 1] = total[1];
+    __threadfence();
+    is_last = atomicAdd(counter, 1u) == gridDim.x - 1;
+  }
+  __syncthreads();
+  if (is_last && threadIdx.x == 0) {
+    __threadfence();
+    unsigned long long total[2] = {static_cast<unsigned long long>(numel), static_cast<unsigned long long>(numel)};
+    for (unsigned b = 0; b < gridDim.x; ++b) {
+      total[0] += __ldcg(partials + 2 * b);
+      total[1] += __ldcg(partials + 2 * b + 1);
+    }
+    out[0] = static_cast<int64_t>(total[0]);
+    out[1] = static_cast<int64_t>(total[1]);
+    *counter = 0;
+  }
+}
+
+}  // namespace
+
+void launch_fingerprint_cuda(const void* data, int64_t nbytes, int64_t numel, void* workspace, int64_t* out,
+                             cudaStream_t stream) {
+  const int64_t nwords = (nbytes + 7) / 8;
+  int64_t blocks = (nwords + kThreads * 8 - 1) / (kThreads * 8);
+  blocks = blocks < 1 ? 1 : (blocks > kStatsMaxBlocks ? kStatsMaxBlocks : blocks);
+  auto* counter = static_cast<unsigned*>(workspace);
+  auto* partials =
+      reinterpret_cast<unsigned long long*>(static_cast<char*>(workspace) + kStatsWorkspaceHeader);
+  fingerprint_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+      static_cast<const unsigned char*>(data), nbytes, numel, counter, partials, out);
+  ACCDUMP_LAUNCH_CHECK();
+}
+
+}  // namespace accdump

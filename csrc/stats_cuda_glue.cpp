@@ -73,6 +73,14 @@ void tensor_stats_into_cuda(const at::Tensor& x, at::Tensor& out, int64_t row,
   launch_tensor_stats_into_cuda(d, ws, out.data_ptr<double>() + row * kStatsFields, stream.stream());
 }
 
+void tensor_fingerprint_into_cuda(const at::Tensor& x, at::Tensor& out, int64_t row) {
+  const at::Tensor c = check_fingerprint_into(x, out, row);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const auto stream = at::cuda::getCurrentCUDAStream(x.device().index());
+  launch_fingerprint_cuda(c.const_data_ptr(), c.numel() * static_cast<int64_t>(c.element_size()), x.numel(),
+                          stream_workspace(x.device(), stream), out.data_ptr<int64_t>() + row * 2, stream.stream());
+}
+
 at::Tensor tensor_stats_multi_cuda(at::TensorList xs) { return stats_cuda(xs, "tensor_stats_multi"); }
 
 at::Tensor tensor_stats_cuda(const at::Tensor& x) { return stats_cuda({x}, "tensor_stats").squeeze(0); }
@@ -83,6 +91,7 @@ TORCH_LIBRARY_IMPL(accdump, CUDA, m) {
   m.impl("tensor_stats", &tensor_stats_cuda);
   m.impl("tensor_stats_multi", &tensor_stats_multi_cuda);
   m.impl("tensor_stats_into", &tensor_stats_into_cuda);
+  m.impl("tensor_fingerprint_into", &tensor_fingerprint_into_cuda);
 }
 
 }  // namespace accdump

@@ -18,6 +18,9 @@ std::vector<TensorDesc> describe_stats_inputs(at::TensorList xs, const char* op,
 TensorDesc check_stats_into(const at::Tensor& x, const at::Tensor& out, int64_t row,
                             const std::optional<at::Tensor>& workspace, at::Tensor& keep);
 
+// Checks the arguments of tensor_fingerprint_into; returns x contiguous (logical byte order).
+at::Tensor check_fingerprint_into(const at::Tensor& x, const at::Tensor& out, int64_t row);
+
 // CPU statistics of one described tensor into out[kStatsFields].
 void tensor_stats_cpu_kernel(const TensorDesc& d, double* out);
 

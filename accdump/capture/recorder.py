@@ -24,7 +24,6 @@ from torch import nn
 import accdump
 from accdump import ops
 from accdump.capture.filters import Filters
-from accdump.capture.fingerprint import fingerprint
 from accdump.capture.flatten import iter_tensors
 from accdump.capture.rank import rank_and_world
 from accdump.capture.step_buffer import Capture, Seen, StepBuffer, StepPayload
@@ -251,8 +250,7 @@ class Recorder:
                 seen = buf.seen[id(t)] = Seen(weakref.ref(t), t._version, index)
                 if self.mode == "hash":
                     hchunk, hrow, seen.hash_index = buf.hash_rows(dev).take()
-                    with torch.no_grad():
-                        hchunk[hrow].copy_(fingerprint(t))
+                    ops.tensor_fingerprint_into(t, hchunk, hrow)
             # else: the same tensor, unchanged since captured (a layer's output is the next layer's
             # input): its statistics, host copy and fingerprint are reused
             if wants_tensor and seen.host is None:

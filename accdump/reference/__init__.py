@@ -3,7 +3,16 @@
 Each computes in float64 with plain, obviously-correct torch code; speed is secondary.
 """
 
+from accdump.reference.fingerprint import fingerprint, tensor_fingerprint_into
 from accdump.reference.metrics import compare_metrics, rowwise_metrics
 from accdump.reference.stats import tensor_stats, tensor_stats_into, tensor_stats_multi
 
-__all__ = ["compare_metrics", "rowwise_metrics", "tensor_stats", "tensor_stats_into", "tensor_stats_multi"]
+__all__ = [
+    "compare_metrics",
+    "fingerprint",
+    "rowwise_metrics",
+    "tensor_fingerprint_into",
+    "tensor_stats",
+    "tensor_stats_into",
+    "tensor_stats_multi",
+]
