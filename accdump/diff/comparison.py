@@ -22,6 +22,23 @@ Key = tuple[int, int, str, int, int, str]
 _LAYER = re.compile(r"(^|\.)layers?\.(\d+)$")
 
 
+PAIR_COLUMNS = (
+    "rank",
+    "step",
+    "order",
+    "name",
+    "golden_name",
+    "call",
+    "role",
+    "arg",
+    "dtype_golden",
+    "dtype_target",
+    "shape",
+    "verdict",
+    "note",
+)
+
+
 @dataclass
 class Pair:
     golden: Record
@@ -237,7 +254,10 @@ def compare(
         matched.add(key)
         pairs.append(_measure(gd, td, g, t, th, device))
     only_golden = [r for k, r in golden_by_key.items() if k not in matched]
-    if structural and only_golden and only_target:
+    # Structure decides only when names mostly fail to pair (a re-implementation): where names do
+    # pair, records left over on each side are genuinely one-sided and are listed as such.
+    names_differ = len(matched) < 0.5 * max(1, len(target_records))
+    if structural and names_differ and only_golden and only_target:
         by_structure, only_golden, only_target = align_by_structure(only_golden, only_target)
         for g, t, confidence in by_structure:
             pair = _measure(gd, td, g, t, th, device)
@@ -309,10 +329,9 @@ def align_by_structure(
 def _measure(gd: Dump, td: Dump, g: Record, t: Record, th: Thresholds, device: str) -> Pair:
     if g.has_tensor and t.has_tensor:
         m = tensor_metrics(gd.tensor(g), td.tensor(t), th.for_name(t.name), device)
-        if m is None:
-            return Pair(
-                g, t, None, Verdict.MISMATCH, f"shapes {list(g.shape)} and {list(t.shape)} do not align"
-            )
+        if m is None:  # the statistics still say how far apart they are; the verdict stays "mismatch"
+            note = f"shapes {list(g.shape)} and {list(t.shape)} do not align"
+            return Pair(g, t, stats_metrics(g, t), Verdict.MISMATCH, note)
         return Pair(g, t, m, verdict_of(m, th.for_name(t.name)))
     m = stats_metrics(g, t)
     note = "" if g.shape == t.shape else f"shapes differ: {list(g.shape)} vs {list(t.shape)}"
@@ -329,6 +348,8 @@ def _first_divergence(pairs: list[Pair], limit_step: int | None) -> Divergence |
         t = p.target
         if limit_step is not None and t.step >= limit_step:
             break
+        if last_pass is not None and (last_pass.target.step, last_pass.target.rank) != (t.step, t.rank):
+            last_pass = None  # "between X and Y" only within one step of one rank
         if not p.failing:
             if p.verdict == Verdict.PASS:
                 last_pass = p

@@ -7,14 +7,15 @@ import csv
 import io
 import json
 import math
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from accdump.diff.comparison import CompareResult, Pair
-from accdump.diff.metrics import Verdict
+from accdump.diff.comparison import PAIR_COLUMNS, CompareResult, Pair
+from accdump.diff.metrics import PairMetrics, Verdict
 
 STYLE = {
     Verdict.PASS: "green",
@@ -123,7 +124,8 @@ def _clean(d: dict[str, Any]) -> dict[str, Any]:
 
 def write_csv(result: CompareResult, path: str | Path) -> None:
     rows = [_clean(p.row()) for p in result.pairs]
-    cols = list(rows[0]) if rows else ["name"]
+    # fixed columns: a pair without metrics (shapes that do not align) leaves its metric cells empty
+    cols = [*PAIR_COLUMNS, *(f.name for f in fields(PairMetrics))]
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         w.writeheader()

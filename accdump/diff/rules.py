@@ -33,9 +33,14 @@ def read_structured(p: Path) -> Any:
             return yaml.safe_load(text)
         return json.loads(text)
     except Exception as exc:
-        raise RulesError(
-            f"{p}: not valid {'YAML' if p.suffix in ('.yaml', '.yml') else 'JSON'}: {exc}"
-        ) from exc
+        kind = "YAML" if p.suffix in (".yaml", ".yml") else "JSON"
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:  # PyYAML: say where, without its multi-line source snippet
+            problem = getattr(exc, "problem", None) or "syntax error"
+            why = f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+        else:
+            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise RulesError(f"{p}: not valid {kind}: {why}") from exc
 
 
 @dataclass(frozen=True)
@@ -50,21 +55,7 @@ class RenameRules:
     @classmethod
     def load(cls, path: str | Path) -> RenameRules:
         p = Path(path)
-        try:
-            text = p.read_text()
-        except OSError as exc:
-            raise RulesError(f"cannot read rules file {p}: {exc}") from exc
-        try:
-            if p.suffix in (".yaml", ".yml"):
-                import yaml
-
-                data = yaml.safe_load(text)
-            else:
-                data = json.loads(text)
-        except Exception as exc:
-            raise RulesError(
-                f"{p}: not valid {'YAML' if p.suffix in ('.yaml', '.yml') else 'JSON'}: {exc}"
-            ) from exc
+        data = read_structured(p)
         if isinstance(data, dict) and "rename" in data:
             data = data["rename"]
         if not isinstance(data, list):
