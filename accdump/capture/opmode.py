@@ -28,6 +28,10 @@ _SKIP = frozenset(
         "set_",
         "resize_",
         "record_stream",
+        # dtype casts: a cast that is a no-op in a float32 golden dispatches nothing there but runs
+        # in a bfloat16 target, which would shift every later cast's index and mis-pair them; a wrong
+        # cast still shows, as the failing input of the op that consumes it
+        "_to_copy",
     }
 )
 

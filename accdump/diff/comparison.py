@@ -356,7 +356,12 @@ def _first_divergence(pairs: list[Pair], limit_step: int | None) -> Divergence |
             continue
         inputs = [q for q in by_call[(t.rank, t.step, t.name, t.call)] if q.target.role == Role.INPUT]
         if t.role == Role.OUTPUT and not any(q.failing for q in inputs):
-            why = "its inputs pass" if inputs else "no inputs were recorded for it"
+            if not inputs:
+                why = "no inputs were recorded for it"
+            elif any(q.verdict == Verdict.SUSPICIOUS for q in inputs):
+                why = "its inputs pass (some only as 'suspicious')"
+            else:
+                why = "its inputs pass"
             return Divergence(p, inputs, t.name or "<root>", f"The output fails while {why}.", last_pass)
         before = last_pass.target.name if last_pass else "the start of the step"
         region = _enclosing(last_pass.target.name, t.name) if last_pass else ""
