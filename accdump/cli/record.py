@@ -32,27 +32,24 @@ def options_from_cli(
     strict: bool,
     meta: list[str],
 ) -> dict[str, Any]:
+    """The keyword arguments of accdump.record() for the CLI's options (empty filters left out)."""
+    filters = {
+        "include": include,
+        "exclude": exclude,
+        "module_types": module_types,
+        "op_names": ops,
+        "steps": steps,
+        "ranks": ranks,
+        "roles": roles,
+    }
     opts: dict[str, Any] = {
         "mode": mode,
         "level": level,
         "params": params,
         "overwrite": overwrite,
         "strict": strict,
+        **{k: v for k, v in filters.items() if v},
     }
-    if include:
-        opts["include"] = include
-    if exclude:
-        opts["exclude"] = exclude
-    if module_types:
-        opts["module_types"] = module_types
-    if ops:
-        opts["op_names"] = ops
-    if steps:
-        opts["steps"] = steps
-    if ranks:
-        opts["ranks"] = ranks
-    if roles:
-        opts["roles"] = roles
     if max_tensor_mb is not None:
         opts["max_tensor_bytes"] = int(max_tensor_mb * 2**20)
     if meta:
