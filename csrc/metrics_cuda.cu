@@ -116,7 +116,27 @@ __global__ void __launch_bounds__(kThreads) rowwise_kernel(const PairDesc d, int
     RowAcc acc;
     acc.init();
     const int64_t base = r * d.row_len;
-    for (int64_t j = lane; j < d.row_len; j += 32) {
+    int64_t first_scalar = 0;
+    if constexpr (T != kAny) {
+      // 16-byte loads when both rows start 16-byte aligned (same dtype, contiguous)
+      constexpr int64_t es = element_size(T);
+      constexpr int per_vec = static_cast<int>(16 / es);
+      const char* ra = a + base * es;
+      const char* rb = b + base * es;
+      if (d.ndim == 0 && reinterpret_cast<uintptr_t>(ra) % 16 == 0 && reinterpret_cast<uintptr_t>(rb) % 16 == 0) {
+        const int64_t nvec = d.row_len / per_vec;
+        for (int64_t v = lane; v < nvec; v += 32) {
+          const uint4 xa = reinterpret_cast<const uint4*>(ra)[v];
+          const uint4 xb = reinterpret_cast<const uint4*>(rb)[v];
+          const char* pa = reinterpret_cast<const char*>(&xa);
+          const char* pb = reinterpret_cast<const char*>(&xb);
+#pragma unroll
+          for (int k = 0; k < per_vec; ++k) acc.add(load_value<T>(pa + k * es), load_value<T>(pb + k * es));
+        }
+        first_scalar = nvec * per_vec;
+      }
+    }
+    for (int64_t j = first_scalar + lane; j < d.row_len; j += 32) {
       int64_t oa, ob;
       pair_offsets(d, base + j, &oa, &ob);
       acc.add(load_pair_value<T>(d.a_dtype, a + oa * ea), load_pair_value<T>(d.b_dtype, b + ob * eb));
