@@ -58,6 +58,13 @@ def run_selfcheck(seed: int = 0) -> list[CheckRow]:
                     reference.rowwise_metrics(x.t().cpu(), y.t().cpu()),
                 ),
             ]
+            into = torch.zeros(1, len(ops.STATS_FIELDS), dtype=torch.float64, device=device)
+            ops.tensor_stats_into(x, into, 0)
+            checks.append(("tensor_stats_into", into[0], reference.tensor_stats(x.cpu())))
+            fp = torch.zeros(1, 2, dtype=torch.int64, device=device)
+            ops.tensor_fingerprint_into(x.t(), fp, 0)
+            same = torch.equal(fp[0].cpu(), reference.fingerprint(x.t().cpu()))
+            checks.append(("tensor_fingerprint_into", torch.tensor([float(not same)]), torch.zeros(1)))
             for name, got, want in checks:
                 err = _rel_err(got, want)
                 rows.append(
