@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from accdump.errors import AccdumpError
 
@@ -39,6 +40,13 @@ def parse_int_set(spec: str | Iterable[int] | None, what: str) -> frozenset[int]
 
 
 ROLE_CHOICES = ("input", "output", "parameter", "probe", "tokens")
+FILTER_KEYS = frozenset(
+    {"include", "exclude", "module_types", "op_names", "steps", "ranks", "roles", "max_tensor_bytes"}
+)
+
+
+def _strings(v: str | Iterable[str]) -> tuple[str, ...]:
+    return (v,) if isinstance(v, str) else tuple(v)
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,23 @@ class Filters:
         bad = set(self.roles) - set(ROLE_CHOICES)
         if bad:
             raise FilterError(f"unknown role(s) {sorted(bad)}: choose from {', '.join(ROLE_CHOICES)}")
+
+    @classmethod
+    def from_options(cls, **opts: Any) -> Filters:
+        """From user-facing values: globs as a string or a list, steps / ranks as '0,3-5' or ints."""
+        kw: dict[str, Any] = {}
+        for key, value in opts.items():
+            if key in ("include", "exclude", "module_types", "op_names"):
+                kw[key] = _strings(value)
+            elif key in ("steps", "ranks"):
+                kw[key] = parse_int_set(value, key)
+            elif key == "roles":
+                kw[key] = frozenset(_strings(value))
+            elif key == "max_tensor_bytes":
+                kw[key] = value
+            else:
+                raise FilterError(f"unknown filter {key!r}: choose from {', '.join(sorted(FILTER_KEYS))}")
+        return cls(**kw)
 
     def wants_name(self, name: str) -> bool:
         if self.include and not any(fnmatch.fnmatchcase(name, g) for g in self.include):

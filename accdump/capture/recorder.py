@@ -23,7 +23,7 @@ from torch import nn
 
 import accdump
 from accdump import ops
-from accdump.capture.filters import Filters
+from accdump.capture.filters import FILTER_KEYS, Filters
 from accdump.capture.flatten import iter_tensors
 from accdump.capture.rank import rank_and_world
 from accdump.capture.step_buffer import Capture, Seen, StepBuffer, StepPayload
@@ -120,7 +120,6 @@ class Recorder:
         self._order = 0
         self._buf: StepBuffer | None = None
         self._stack: list[_Frame] = []
-        self._root_calls = 0
         self._names: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
         self._handles: list[Any] = []
         self._stats_into = _stats_into_function()
@@ -484,33 +483,14 @@ class Recorder:
 
 
 def record(model: nn.Module | None, path: str | os.PathLike[str], **kwargs: Any) -> Recorder:
-    """`with accdump.record(model, "dumps/golden", mode="stats") as rec: model(x)` — see Recorder."""
-    filters = kwargs.pop("filters", None)
-    filter_keys = {
-        "include",
-        "exclude",
-        "module_types",
-        "op_names",
-        "steps",
-        "ranks",
-        "roles",
-        "max_tensor_bytes",
-    }
-    fkw = {k: kwargs.pop(k) for k in list(kwargs) if k in filter_keys}
-    if fkw:
-        from accdump.capture.filters import parse_int_set
+    """`with accdump.record(model, "dumps/golden", mode="stats") as rec: model(x)` — see Recorder.
 
-        for key in ("include", "exclude", "module_types", "op_names"):
-            if key in fkw:
-                v = fkw[key]
-                fkw[key] = (v,) if isinstance(v, str) else tuple(v)
-        for key in ("steps", "ranks"):
-            if key in fkw:
-                fkw[key] = parse_int_set(fkw[key], key)
-        if "roles" in fkw:
-            v = fkw["roles"]
-            fkw["roles"] = frozenset((v,) if isinstance(v, str) else v)
-        filters = Filters(**fkw)
+    Filter keywords (include, exclude, module_types, op_names, steps, ranks, roles,
+    max_tensor_bytes) may be given directly instead of a `filters=Filters(...)`."""
+    filters = kwargs.pop("filters", None)
+    given = {k: kwargs.pop(k) for k in list(kwargs) if k in FILTER_KEYS}
+    if given:
+        filters = Filters.from_options(**given)
     return Recorder(model, path, filters=filters, **kwargs)
 
 
