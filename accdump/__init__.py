@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from accdump.errors import (
     AccdumpError,
+    CheckpointError,
     DumpExistsError,
     DumpFormatError,
     NativeUnavailableError,
@@ -25,6 +26,7 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from accdump.capture import Recorder, probe, record
     from accdump.diff import compare
+    from accdump.quant import verify, verify_linear
     from accdump.store import Dump, load
 
 _LAZY = {
@@ -34,6 +36,8 @@ _LAZY = {
     "load": "accdump.store",
     "Dump": "accdump.store",
     "compare": "accdump.diff",
+    "verify_linear": "accdump.quant",
+    "verify": "accdump.quant",
 }
 
 
@@ -47,6 +51,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "AccdumpError",
+    "CheckpointError",
     "DumpExistsError",
     "DumpFormatError",
     "compare",
@@ -59,4 +64,6 @@ __all__ = [
     "load",
     "probe",
     "record",
+    "verify",
+    "verify_linear",
 ]

@@ -48,3 +48,36 @@ def _rowwise_metrics_fake(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     for s in a.shape[:-1]:
         rows *= s
     return a.new_empty((rows, ROW_WIDTH), dtype=torch.float64)
+
+
+@torch.library.register_fake("accdump::block_dequantize")
+def _block_dequantize_fake(
+    q: torch.Tensor,
+    element: str,
+    scale: torch.Tensor | None,
+    scale_format: str,
+    block_rows: int,
+    block_cols: int,
+    global_scale: float,
+) -> torch.Tensor:
+    packed = element == "e2m1" or (element == "auto" and q.dtype == getattr(torch, "float4_e2m1fn_x2", None))
+    return q.new_empty((q.shape[0], q.shape[1] * (2 if packed else 1)), dtype=torch.float32)
+
+
+@torch.library.register_fake("accdump::block_scaled_linear")
+def _block_scaled_linear_fake(
+    x: torch.Tensor,
+    x_element: str,
+    x_scale: torch.Tensor | None,
+    x_scale_format: str,
+    x_block: int,
+    w: torch.Tensor,
+    w_element: str,
+    w_scale: torch.Tensor | None,
+    w_scale_format: str,
+    w_block_rows: int,
+    w_block_cols: int,
+    global_scale: float,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    return x.new_empty((x.shape[0], w.shape[0]), dtype=torch.float32)

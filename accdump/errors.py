@@ -25,3 +25,7 @@ class DumpExistsError(AccdumpError):
 
 class RecordWriteError(AccdumpError):
     """Writing a dump failed (disk full, permissions); completed steps remain readable."""
+
+
+class CheckpointError(AccdumpError):
+    """A checkpoint is missing, unreadable, or holds a quantized layout accdump does not recognise."""

@@ -359,3 +359,61 @@ def rowwise_metrics(a: torch.Tensor, b: torch.Tensor, backend: Backend = "auto")
     """Per-row cosine, max |a-b| and relative L2 error of golden `a` vs target `b`."""
     r = rowwise_metrics_raw(a, b, backend)
     return RowMetrics(r[:, 0], r[:, 1], r[:, 2])
+
+
+# --- block-scaled quantized tensors (shared/quant_formats.md) ---------------------------------
+
+
+def block_dequantize(
+    q: torch.Tensor,
+    element: str = "auto",
+    scale: torch.Tensor | None = None,
+    scale_format: str = "auto",
+    block: tuple[int, int] = (1, 1),
+    global_scale: float = 1.0,
+    backend: Backend = "auto",
+) -> torch.Tensor:
+    """float32 values of a block-scaled 2-D tensor: q(r, c) read as `element`, times
+    scale[r // block[0], c // block[1]] read as `scale_format`, times `global_scale`."""
+    if _use_native(backend, q.device, "block_dequantize"):
+        try:
+            return torch.ops.accdump.block_dequantize.default(
+                q, element, scale, scale_format, int(block[0]), int(block[1]), float(global_scale)
+            )
+        except RuntimeError as exc:
+            raise _native_errors_typed("block_dequantize", exc) from None
+    try:
+        return reference.block_dequantize(q, element, scale, scale_format, block[0], block[1], global_scale)
+    except RuntimeError as exc:
+        raise _native_errors_typed("block_dequantize", exc) from None
+
+
+def block_scaled_linear(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    *,
+    x_element: str = "auto",
+    x_scale: torch.Tensor | None = None,
+    x_scale_format: str = "auto",
+    x_block: int = 1,
+    w_element: str = "auto",
+    w_scale: torch.Tensor | None = None,
+    w_scale_format: str = "auto",
+    w_block: tuple[int, int] = (1, 1),
+    global_scale: float = 1.0,
+    bias: torch.Tensor | None = None,
+    backend: Backend = "auto",
+) -> torch.Tensor:
+    """float32 [M, N] = global_scale * x @ w^T + bias from block-scaled x [M, K] (1 x x_block
+    blocks) and w [N, K]; float32 products, float64 sums of 128-wide chunks, no TF32."""
+    args = (x, x_element, x_scale, x_scale_format, int(x_block), w, w_element, w_scale, w_scale_format)
+    rest = (int(w_block[0]), int(w_block[1]), float(global_scale), bias)
+    if _use_native(backend, x.device, "block_scaled_linear"):
+        try:
+            return torch.ops.accdump.block_scaled_linear.default(*args, *rest)
+        except RuntimeError as exc:
+            raise _native_errors_typed("block_scaled_linear", exc) from None
+    try:
+        return reference.block_scaled_linear(*args, *rest)
+    except RuntimeError as exc:
+        raise _native_errors_typed("block_scaled_linear", exc) from None

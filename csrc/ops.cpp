@@ -39,6 +39,19 @@ TORCH_LIBRARY(accdump, m) {
   m.def("compare_metrics(Tensor a, Tensor b, float atol, float rtol, float eps) -> Tensor");
   // Per row over the last dimension, float64[R, 3]: cosine, max|a-b|, ||a-b|| / ||a||.
   m.def("rowwise_metrics(Tensor a, Tensor b) -> Tensor");
+  // Block-scaled quantized tensors (shared/quant_formats.md). `element` names how q's bytes are
+  // read (auto: from its dtype; e4m3fn, e4m3fnuz, e5m2, e5m2fnuz, e2m1 packed low nibble first,
+  // u8 / i8 as integers, f64, f32, f16, bf16), `scale_format` likewise for the scales (adds e8m0).
+  // float32 [R, C] with out[r, c] = q(r, c) * scale[r // block_rows, c // block_cols] * global_scale.
+  m.def("block_dequantize(Tensor q, str element, Tensor? scale, str scale_format, int block_rows, "
+        "int block_cols, float global_scale) -> Tensor");
+  // Reference linear y = global_scale * x @ w^T + bias, float32 [M, N], with x [M, K] scaled per
+  // 1 x x_block block and w [N, K] per block_rows x block_cols block. Each operand value is
+  // element * scale rounded to float32; products and sums in float32 inside 128-wide chunks of K,
+  // chunk sums accumulated in float64 in a fixed order (no TF32, deterministic).
+  m.def("block_scaled_linear(Tensor x, str x_element, Tensor? x_scale, str x_scale_format, int x_block, "
+        "Tensor w, str w_element, Tensor? w_scale, str w_scale_format, int w_block_rows, int w_block_cols, "
+        "float global_scale, Tensor? bias) -> Tensor");
 }
 
 // Statistics and metrics are not differentiable: let calls skip the autograd layer (and the
@@ -50,4 +63,6 @@ TORCH_LIBRARY_IMPL(accdump, Autograd, m) {
   m.impl("tensor_fingerprint_into", torch::CppFunction::makeFallthrough());
   m.impl("compare_metrics", torch::CppFunction::makeFallthrough());
   m.impl("rowwise_metrics", torch::CppFunction::makeFallthrough());
+  m.impl("block_dequantize", torch::CppFunction::makeFallthrough());
+  m.impl("block_scaled_linear", torch::CppFunction::makeFallthrough());
 }

@@ -28,9 +28,9 @@ def test_ops_are_declared():
 def test_every_op_has_fake_reference_test_and_benchmark():
     fakes = (ROOT / "accdump" / "_fakes.py").read_text()
     tests = "".join(p.read_text() for p in (ROOT / "tests" / "ops").glob("test_*.py"))
-    bench = (ROOT / "benchmarks" / "bench_ops.py").read_text()
+    bench = "".join(p.read_text() for p in (ROOT / "benchmarks").glob("bench_*.py"))
     for op in native_ops():
         assert f'register_fake("accdump::{op}")' in fakes, f"{op}: no fake kernel in accdump/_fakes.py"
         assert callable(getattr(reference, op, None)), f"{op}: no reference twin in accdump.reference"
         assert f"torch.ops.accdump.{op}.default" in tests, f"{op}: no opcheck/native test in tests/ops"
-        assert f'"{op}"' in bench, f"{op}: no row in benchmarks/bench_ops.py"
+        assert f'"{op}"' in bench, f"{op}: no row in benchmarks/bench_*.py"

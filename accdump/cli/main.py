@@ -1,4 +1,6 @@
-"""`accdump` command line: record, show, selfcheck. Errors become one line and exit status 2."""
+"""`accdump` command line: record, show, compare, verify, selfcheck.
+
+Errors become one line and exit status 2."""
 
 from __future__ import annotations
 
@@ -155,6 +157,44 @@ def compare(
             writer(result, path)
             console.print(f"wrote {path}")
     raise typer.Exit(result.exit_code)
+
+
+@app.command()
+def verify(
+    checkpoint: Annotated[str, typer.Option(help="safetensors file, shard directory or index .json.")],
+    dump: Annotated[str, typer.Option(help="Dump recorded with --mode tensor.")],
+    layer: Annotated[str, typer.Option(help="Glob of checkpoint layer names.")] = "*",
+    step: Annotated[int | None, typer.Option(help="Only this step.")] = None,
+    rank: Annotated[int | None, typer.Option(help="Only this rank.")] = None,
+    device: Annotated[str | None, typer.Option(help="Where to compute (default: cuda if present).")] = None,
+    json_out: Annotated[str | None, typer.Option("--json", help="Write the results as JSON.")] = None,
+) -> None:
+    """Check each quantized linear's recorded output against the exact reference computed from
+    its recorded input and the checkpoint; name the bug when one fails. Exit: 0 ok, 1 fail, 2 error.
+
+    Example: accdump verify --checkpoint ckpt/ --dump dumps/target --layer '*mlp*'
+    """
+    from rich.progress import Progress
+
+    from accdump.cli.verify import print_run, write_json
+    from accdump.quant.verify_dump import verify_dump
+
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task("verifying", total=None)
+        run = verify_dump(
+            checkpoint,
+            dump,
+            layer,
+            step,
+            rank,
+            device,
+            progress=lambda i, n: bar.update(task, completed=i, total=n),
+        )
+    print_run(run, console)
+    if json_out:
+        write_json(run, json_out)
+        console.print(f"wrote {json_out}")
+    raise typer.Exit(run.exit_code)
 
 
 @app.command()

@@ -102,20 +102,20 @@ def print_summary(result: CompareResult, console: Console) -> None:
     )
 
 
-def _finite(o: Any) -> Any:
+def finite_json(o: Any) -> Any:
     """JSON has no NaN or Infinity: non-finite numbers become null."""
     if isinstance(o, float):
         return o if math.isfinite(o) else None
     if isinstance(o, dict):
-        return {k: _finite(v) for k, v in o.items()}
+        return {k: finite_json(v) for k, v in o.items()}
     if isinstance(o, (list, tuple)):
-        return [_finite(v) for v in o]
+        return [finite_json(v) for v in o]
     return o
 
 
 def write_json(result: CompareResult, path: str | Path) -> None:
     """The whole result; NaN / Inf metrics (e.g. the SQNR of identical tensors) are written as null."""
-    Path(path).write_text(json.dumps(_finite(result.to_dict()), indent=1, allow_nan=False))
+    Path(path).write_text(json.dumps(finite_json(result.to_dict()), indent=1, allow_nan=False))
 
 
 def _clean(d: dict[str, Any]) -> dict[str, Any]:

@@ -5,9 +5,12 @@ Each computes in float64 with plain, obviously-correct torch code; speed is seco
 
 from accdump.reference.fingerprint import fingerprint, tensor_fingerprint_into
 from accdump.reference.metrics import compare_metrics, rowwise_metrics
+from accdump.reference.quant import block_dequantize, block_scaled_linear
 from accdump.reference.stats import tensor_stats, tensor_stats_into, tensor_stats_multi
 
 __all__ = [
+    "block_dequantize",
+    "block_scaled_linear",
     "compare_metrics",
     "fingerprint",
     "rowwise_metrics",
