@@ -77,4 +77,24 @@ def run_selfcheck(seed: int = 0) -> list[CheckRow]:
                         not math.isnan(err) and err < 1e-9,
                     )
                 )
+        rows += _quant_checks(device, backend, gen)
+    return rows
+
+
+def _quant_checks(device: str, backend: str, gen: torch.Generator) -> list[CheckRow]:
+    """block_dequantize exactly, block_scaled_linear to 1e-6 relative L2, against the reference."""
+    from accdump.quant import quantize_fp8_blocks, quantize_nvfp4, reference_linear
+
+    w32 = torch.randn(136, 272, generator=gen) * 0.05
+    x = torch.randn(24, 272, generator=gen).to(torch.bfloat16)
+    rows = []
+    for fmt, w in (("fp8 block", quantize_fp8_blocks(w32)), ("nvfp4", quantize_nvfp4(w32))):
+        args = (w.q, w.element, w.scale, w.scale_format, w.block[0], w.block[1], w.global_scale)
+        wd = w.to(device)
+        err = _rel_err(wd.dequantize(), reference.block_dequantize(*args))
+        rows.append(CheckRow("block_dequantize", device, fmt, backend, err, err == 0.0))
+        want = reference.block_scaled_linear(x, "auto", None, "auto", 1, *args, None).double()
+        got = reference_linear(x.to(device), wd).double().cpu()
+        rel = float((got - want).norm() / want.norm())
+        rows.append(CheckRow("block_scaled_linear", device, fmt, backend, rel, rel < 1e-6))
     return rows
