@@ -12,9 +12,18 @@ from typing import Any
 
 import torch
 
-from accdump import ops
-from accdump.diff.metrics import PairMetrics, Thresholds, Verdict, stats_metrics, tensor_metrics, verdict_of
+from accdump.diff.metrics import (
+    PairMetrics,
+    Thresholds,
+    Verdict,
+    from_pair_metrics,
+    stats_metrics,
+    tensor_metrics,
+    verdict_of,
+    worst_rows,
+)
 from accdump.diff.rules import RenameRules
+from accdump.diff.streaming import Staging, streamable, streamed_metrics, streamed_row_cosine
 from accdump.store import Dump, Record, Role, load
 
 Key = tuple[int, int, str, int, int, str]
@@ -228,6 +237,7 @@ def compare(
     rules = rules or RenameRules()
     th = thresholds or Thresholds()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    staging = Staging(torch.device(device))
 
     g_steps, t_steps = set(gd.steps()), set(td.steps())
     common_steps = g_steps & t_steps
@@ -252,7 +262,7 @@ def compare(
             only_target.append(t)
             continue
         matched.add(key)
-        pairs.append(_measure(gd, td, g, t, th, device))
+        pairs.append(_measure(gd, td, g, t, th, staging))
     only_golden = [r for k, r in golden_by_key.items() if k not in matched]
     # Structure decides only when names mostly fail to pair (a re-implementation): where names do
     # pair, records left over on each side are genuinely one-sided and are listed as such.
@@ -260,7 +270,7 @@ def compare(
     if structural and names_differ and only_golden and only_target:
         by_structure, only_golden, only_target = align_by_structure(only_golden, only_target)
         for g, t, confidence in by_structure:
-            pair = _measure(gd, td, g, t, th, device)
+            pair = _measure(gd, td, g, t, th, staging)
             pair.note = (pair.note + "; " if pair.note else "") + (
                 f"matched by structure (kind, role, shape; confidence {confidence:.2f})"
             )
@@ -281,10 +291,8 @@ def compare(
     if divergence is not None:
         result.propagates = _propagates(pairs, divergence)
         g, t = divergence.pair.golden, divergence.pair.target
-        if g.has_tensor and t.has_tensor and g.shape == t.shape and len(g.shape) >= 1:
-            a, b = gd.tensor(g), td.tensor(t)
-            if a.is_floating_point() and b.is_floating_point():
-                divergence.token_cosine = ops.rowwise_metrics(a.float(), b.float()).cosine.tolist()
+        if g.shape == t.shape and len(g.shape) >= 1 and streamable(g, t):
+            divergence.token_cosine = streamed_row_cosine(gd, g, td, t, staging).tolist()
     return result
 
 
@@ -326,16 +334,29 @@ def align_by_structure(
     return pairs, left_g, left_t
 
 
-def _measure(gd: Dump, td: Dump, g: Record, t: Record, th: Thresholds, device: str) -> Pair:
+def _measure(gd: Dump, td: Dump, g: Record, t: Record, th: Thresholds, staging: Staging) -> Pair:
+    th = th.for_name(t.name)
+    if streamable(g, t):  # the common case: read piece by piece, overlapped with the device's work
+        pm = streamed_metrics(gd, g, td, t, th.atol, th.rtol, staging)
+        counts = (
+            (g.stats.nan, t.stats.nan),
+            (g.stats.posinf + g.stats.neginf, t.stats.posinf + t.stats.neginf),
+        )
+        m = from_pair_metrics(pm, *counts)
+        verdict = verdict_of(m, th)
+        if verdict >= Verdict.SUSPICIOUS and g.shape:
+            m.rows_cosine_worst = worst_rows(streamed_row_cosine(gd, g, td, t, staging))
+        return Pair(g, t, m, verdict)
+    device = str(staging.device)
     if g.has_tensor and t.has_tensor:
-        m = tensor_metrics(gd.tensor(g), td.tensor(t), th.for_name(t.name), device)
-        if m is None:  # the statistics still say how far apart they are; the verdict stays "mismatch"
+        tm = tensor_metrics(gd.tensor(g), td.tensor(t), th, device)
+        if tm is None:  # the statistics still say how far apart they are; the verdict stays "mismatch"
             note = f"shapes {list(g.shape)} and {list(t.shape)} do not align"
             return Pair(g, t, stats_metrics(g, t), Verdict.MISMATCH, note)
-        return Pair(g, t, m, verdict_of(m, th.for_name(t.name)))
+        return Pair(g, t, tm, verdict_of(tm, th))
     m = stats_metrics(g, t)
     note = "" if g.shape == t.shape else f"shapes differ: {list(g.shape)} vs {list(t.shape)}"
-    return Pair(g, t, m, verdict_of(m, th.for_name(t.name)), note)
+    return Pair(g, t, m, verdict_of(m, th), note)
 
 
 def _first_divergence(pairs: list[Pair], limit_step: int | None) -> Divergence | None:

@@ -198,6 +198,7 @@ def _align_shapes(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch
 
 
 def tensor_metrics(g: torch.Tensor, t: torch.Tensor, th: Thresholds, device: str) -> PairMetrics | None:
+    """Metrics of two tensors in hand (shapes aligned by _align_shapes); None if they cannot align."""
     aligned = _align_shapes(g, t)
     if aligned is None:
         return None
@@ -208,18 +209,29 @@ def tensor_metrics(g: torch.Tensor, t: torch.Tensor, th: Thresholds, device: str
         a, b = a.float(), b.float()
     a, b = a.to(device), b.to(device)
     pm = ops.compare_metrics(a, b, atol=th.atol, rtol=th.rtol)
+    nan = (int(torch.isnan(a).sum()), int(torch.isnan(b).sum())) if pm.nan_mismatch else (0, 0)
+    inf = (int(torch.isinf(a).sum()), int(torch.isinf(b).sum())) if pm.inf_mismatch else (0, 0)
+    m = from_pair_metrics(pm, nan, inf)
+    if a.dim() >= 1 and a.numel() > 0 and verdict_of(m, th) >= Verdict.SUSPICIOUS:
+        # per-row detail only where it will be read: a second pass over every passing pair would
+        # halve the comparison's speed
+        m.rows_cosine_worst = worst_rows(ops.rowwise_metrics(a, b).cosine.cpu())
+    return m
+
+
+def from_pair_metrics(pm: ops.PairMetrics, nan: tuple[int, int], inf: tuple[int, int]) -> PairMetrics:
+    """A tensor pair's metrics from compare_metrics and the NaN / Inf counts (golden, target)."""
     m = PairMetrics(source="tensor")
     m.cosine, m.rel_l2, m.norm_ratio, m.sqnr_db = pm.cosine, pm.rel_l2, pm.norm_ratio, pm.sqnr_db
     m.max_abs_diff = pm.max_abs_diff
     m.allclose_fail_fraction = pm.allclose_fail_fraction
-    a_nan = int(torch.isnan(a).sum()) if a.dtype.is_floating_point else 0
-    m.new_nan = max(0, int(torch.isnan(b).sum()) - a_nan) if pm.nan_mismatch else 0
-    m.new_inf = max(0, int(torch.isinf(b).sum()) - int(torch.isinf(a).sum())) if pm.inf_mismatch else 0
-    if a.dim() >= 1 and a.numel() > 0 and verdict_of(m, th) >= Verdict.SUSPICIOUS:
-        # per-row detail only where it will be read: a second pass over every passing pair would
-        # halve the comparison's speed
-        rows = ops.rowwise_metrics(a, b).cosine.cpu()
-        k = min(5, rows.numel())
-        worst = torch.argsort(torch.nan_to_num(rows, nan=-2.0))[:k]
-        m.rows_cosine_worst = [(int(i), float(rows[i])) for i in worst]
+    m.new_nan = max(0, nan[1] - nan[0]) if pm.nan_mismatch else 0
+    m.new_inf = max(0, inf[1] - inf[0]) if pm.inf_mismatch else 0
     return m
+
+
+def worst_rows(cosine: torch.Tensor, k: int = 5) -> list[tuple[int, float]]:
+    """The k rows of lowest cosine (NaN counts as lowest), as (row, cosine)."""
+    k = min(k, cosine.numel())
+    worst = torch.argsort(torch.nan_to_num(cosine, nan=-2.0))[:k]
+    return [(int(i), float(cosine[i])) for i in worst]

@@ -67,6 +67,9 @@ def _attr(value: Any) -> Any:
     return value.decode() if isinstance(value, bytes) else value
 
 
+_MAX_OPEN_FILES = 64
+
+
 class Segment:
     """One segment file: its attributes and record table, read once."""
 
@@ -156,6 +159,27 @@ class Dump:
                 self._rank_dirs[int(suffix)] = d
         if not self._rank_dirs:
             raise DumpFormatError(f"{self.path}: holds no rankNNNNN directories: not an accdump dump")
+        self._open: dict[Path, h5py.File] = {}  # segment files kept open for tensor reads
+
+    def _heap(self, segment: Path) -> Any:
+        f = self._open.get(segment)
+        if f is None:
+            if len(self._open) >= _MAX_OPEN_FILES:
+                self.close()
+            f = self._open[segment] = h5py.File(segment, "r")
+        return f[HEAP]
+
+    def close(self) -> None:
+        """Closes the segment files opened to read tensors (reopened when needed)."""
+        for f in self._open.values():
+            f.close()
+        self._open.clear()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: h5py may already be gone
+            pass
 
     @property
     def ranks(self) -> list[int]:
@@ -222,14 +246,26 @@ class Dump:
             )
         where = f"{record.segment}: tensor of {record.name!r} (step {record.step})"
         try:
-            with h5py.File(record.segment, "r") as f:
-                raw = f[HEAP][record.heap_offset : record.heap_offset + record.heap_nbytes]
+            raw = self._heap(record.segment)[record.heap_offset : record.heap_offset + record.heap_nbytes]
         except Exception as exc:  # a checksum mismatch or a damaged file
             raise DumpFormatError(f"{where} cannot be read: {exc}") from exc
         try:
             return tensor_from_bytes(raw, dtype_from_name(record.dtype), record.shape)
         except DumpFormatError as exc:
             raise DumpFormatError(f"{where}: {exc}") from exc
+
+    def read_into(self, record: Record, start: int, out: np.ndarray) -> None:
+        """Bytes [start, start + out.size) of `record`'s stored tensor into the uint8 array `out`:
+        big tensors are read piece by piece into reused buffers."""
+        if not record.has_tensor or start < 0 or start + out.size > record.heap_nbytes:
+            raise DumpFormatError(f"{record.name!r}: bytes [{start}, {start + out.size}) are not stored")
+        begin = record.heap_offset + start
+        try:
+            self._heap(record.segment).read_direct(out, np.s_[begin : begin + out.size], np.s_[0 : out.size])
+        except Exception as exc:
+            raise DumpFormatError(
+                f"{record.segment}: tensor of {record.name!r} (step {record.step}) cannot be read: {exc}"
+            ) from exc
 
 
 def load(path: str | os.PathLike[str]) -> Dump:
