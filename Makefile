@@ -24,6 +24,7 @@ setup: $(VENV)/.built
 
 demo: setup
 	$(VENV)/bin/accdump selfcheck
+	$(VENV)/bin/accdump demo
 
 test: setup
 	$(VENV)/bin/ruff check accdump tests benchmarks

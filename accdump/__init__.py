@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from accdump.errors import (
     AccdumpError,
     CheckpointError,
+    DemoError,
     DumpExistsError,
     DumpFormatError,
     NativeUnavailableError,
@@ -52,6 +53,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "AccdumpError",
     "CheckpointError",
+    "DemoError",
     "DumpExistsError",
     "DumpFormatError",
     "compare",

@@ -29,3 +29,8 @@ class RecordWriteError(AccdumpError):
 
 class CheckpointError(AccdumpError):
     """A checkpoint is missing, unreadable, or holds a quantized layout accdump does not recognise."""
+
+
+class DemoError(AccdumpError, ValueError):
+    """`accdump demo` was given options it cannot run with (an unknown bug, too few tokens, an
+    output directory that holds something else)."""

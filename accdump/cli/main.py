@@ -1,4 +1,4 @@
-"""`accdump` command line: record, show, compare, verify, selfcheck.
+"""`accdump` command line: demo, record, show, compare, verify, selfcheck.
 
 Errors become one line and exit status 2."""
 
@@ -195,6 +195,39 @@ def verify(
         write_json(run, json_out)
         console.print(f"wrote {json_out}")
     raise typer.Exit(run.exit_code)
+
+
+@app.command()
+def demo(
+    bug: Annotated[str, typer.Option(help="fp8-scales | rope | kv-cache | none")] = "fp8-scales",
+    out: Annotated[
+        str, typer.Option("-o", "--out", help="Output directory (a previous demo's output is replaced).")
+    ] = "accdump-demo",
+    device: Annotated[str | None, typer.Option(help="cpu | cuda (default: cuda if present).")] = None,
+    tokens: Annotated[int, typer.Option(help="Tokens to generate: the prefill and the decode steps.")] = 8,
+) -> None:
+    """Plant a bug in a small built-in model, record a golden and a buggy run, and let accdump
+    find it (compare, and verify for the FP8 bug). Exit status: 0 found, 1 missed, 2 error.
+
+    Example: accdump demo --bug rope --out /tmp/accdump-demo
+    """
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from accdump.cli.demo import print_demo
+    from accdump.cli.verify import write_json
+    from accdump.demo import run_demo
+
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task("building the model", total=None)
+        result = run_demo(
+            bug, out, device, tokens, progress=lambda stage: bar.update(task, description=stage)
+        )
+    if result.verification is not None:
+        result.reports["verify"] = result.out_dir / "verify.json"
+        write_json(result.verification, result.reports["verify"])
+    print_demo(result, console)
+    raise typer.Exit(result.exit_code)
 
 
 @app.command()
