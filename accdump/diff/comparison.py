@@ -146,6 +146,10 @@ class CompareResult:
                 what.append(f"rel L2 {m.rel_l2:.3g}")
             if m.std_rel_diff is not None:
                 what.append(f"std rel diff {m.std_rel_diff:.3g}")
+            if m.absmax_rel_diff is not None:
+                what.append(f"absmax rel diff {m.absmax_rel_diff:.3g}")
+            if m.mean_diff is not None:
+                what.append(f"mean shift {m.mean_diff:.3g} std")
             if m.new_nan or m.new_inf:
                 what.append(f"{m.new_nan} new NaN, {m.new_inf} new Inf")
         golden_name = "" if p.golden.name == p.target.name else f" (golden: {p.golden.name or '<root>'})"

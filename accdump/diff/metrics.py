@@ -40,8 +40,12 @@ class Thresholds:
 
     cosine: tuple[float, float, float] = (0.999, 0.99, 0.9)  # pass, suspicious, broken lower bounds
     rel_l2: tuple[float, float, float] = (0.05, 0.15, 0.5)  # upper bounds
-    norm_ratio_dev: tuple[float, float, float] = (0.02, 0.05, 0.25)  # |‖t‖/‖g‖ - 1| upper bounds
-    stat_rel: tuple[float, float, float] = (0.02, 0.05, 0.25)  # stats-only: rel. diff of l2/std/absmax
+    # |‖t‖/‖g‖ - 1| upper bounds: never above rel_l2 (it bounds them), so tighter limits; one
+    # decode token of a correct FP8 layer can move its norm by 5%
+    norm_ratio_dev: tuple[float, float, float] = (0.03, 0.1, 0.3)
+    stat_rel: tuple[float, float, float] = (0.02, 0.05, 0.25)  # stats-only: rel. diff of l2/std/mean
+    # stats-only |absmax| relative difference: one element, which FP8 rounding alone moves by 6%
+    absmax_rel: tuple[float, float, float] = (0.07, 0.15, 0.5)
     atol: float = 1e-3
     rtol: float = 1e-2
     overrides: tuple[tuple[str, Thresholds], ...] = ()  # (name glob, thresholds); the last match wins
@@ -158,9 +162,11 @@ def verdict_of(m: PairMetrics, th: Thresholds) -> Verdict:
     else:
         if m.norm_ratio is not None:
             bands.append(_band_high(abs(m.norm_ratio - 1.0), th.stat_rel))
-        for v in (m.std_rel_diff, m.absmax_rel_diff, m.mean_diff):
+        for v in (m.std_rel_diff, m.mean_diff):
             if v is not None:
                 bands.append(_band_high(v, th.stat_rel))
+        if m.absmax_rel_diff is not None:
+            bands.append(_band_high(m.absmax_rel_diff, th.absmax_rel))
     return max(bands, default=Verdict.PASS)
 
 

@@ -37,6 +37,16 @@ def _transposed(w: BlockQuantized) -> BlockQuantized | None:
     return _with_scale(w, s.T.contiguous().view(s.shape))
 
 
+def _read_column_major(w: BlockQuantized) -> BlockQuantized | None:
+    """The row-major scale grid indexed as if column-major (the inverse of _transposed's
+    permutation; the same one on a square grid, where _transposed names it)."""
+    if w.scale is None or min(w.scale.shape) < 2 or w.scale.shape[0] == w.scale.shape[1]:
+        return None
+    s = _scale_values(w)
+    rows, cols = s.shape
+    return _with_scale(w, s.reshape(-1).view(cols, rows).T)
+
+
 def _inverted(w: BlockQuantized) -> BlockQuantized | None:
     return None if w.scale is None else _with_scale(w, 1.0 / _scale_values(w))
 
@@ -130,6 +140,9 @@ def _weight_transposed(w: BlockQuantized) -> BlockQuantized | None:
 
 HYPOTHESES: list[Hypothesis] = [
     Hypothesis("scales-transposed", "block scales read with transposed layout", _transposed),
+    Hypothesis(
+        "scales-column-major", "block scales read column-major (transposed indexing)", _read_column_major
+    ),
     Hypothesis(
         "scales-inverted",
         "block scales divided instead of multiplied (quant vs dequant direction)",
