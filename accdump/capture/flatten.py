@@ -3,30 +3,43 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 
 MAX_DEPTH = 6
+_LEAVES = (int, float, str, bool)
 
 
-def iter_tensors(obj: Any, key: str = "", depth: int = 0) -> Iterator[tuple[str, torch.Tensor]]:
+def find_tensors(obj: Any, key: str = "", depth: int = 0) -> list[tuple[str, torch.Tensor]]:
     """(key, tensor) for tensors in nested tuples / lists / dicts / dataclasses (HF ModelOutput
     is a dict). Keys join positions and names with '.', e.g. '0', 'past.1', 'hidden_states'."""
     if isinstance(obj, torch.Tensor):
-        yield key or "0", obj
+        return [(key or "0", obj)]
+    found: list[tuple[str, torch.Tensor]] = []
+    _collect(obj, key, depth, found)
+    return found
+
+
+def _collect(obj: Any, key: str, depth: int, found: list[tuple[str, torch.Tensor]]) -> None:
+    """Appends the tensors inside the container `obj` to `found`. A list filled by plain
+    recursion, with leaves skipped before their key is built: this runs for every module call."""
+    if depth >= MAX_DEPTH:
         return
-    if depth >= MAX_DEPTH or obj is None or isinstance(obj, (int, float, str, bool)):
-        return
+    items: Any
     if isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from iter_tensors(v, f"{key}.{k}" if key else str(k), depth + 1)
+        items = obj.items()
     elif isinstance(obj, (tuple, list)):
-        for i, v in enumerate(obj):
-            yield from iter_tensors(v, f"{key}.{i}" if key else str(i), depth + 1)
+        items = enumerate(obj)
     elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        for f in dataclasses.fields(obj):
-            yield from iter_tensors(
-                getattr(obj, f.name, None), f"{key}.{f.name}" if key else f.name, depth + 1
-            )
+        items = ((f.name, getattr(obj, f.name, None)) for f in dataclasses.fields(obj))
+    else:
+        return
+    for k, v in items:
+        if v is None or isinstance(v, _LEAVES):
+            continue
+        child = f"{key}.{k}" if key else str(k)
+        if isinstance(v, torch.Tensor):
+            found.append((child or "0", v))
+        else:
+            _collect(v, child, depth + 1, found)

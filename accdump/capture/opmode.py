@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from accdump.capture.flatten import iter_tensors
+from accdump.capture.flatten import find_tensors
 from accdump.store.schema import Role
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ class OpCaptureMode(TorchDispatchMode):
         out = func(*args, **kwargs)
         # An in-place op returns its mutated input, whose version counter is only bumped after
         # this handler returns: never reuse what was captured of it before the op ran.
-        for _, t in iter_tensors(out):
+        for _, t in find_tensors(out):
             buf.seen.pop(id(t), None)
         rec._capture_all(buf, out, name, call, Role.OUTPUT, op)
         return out

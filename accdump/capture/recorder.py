@@ -24,7 +24,7 @@ from torch import nn
 import accdump
 from accdump import ops
 from accdump.capture.filters import FILTER_KEYS, Filters
-from accdump.capture.flatten import iter_tensors
+from accdump.capture.flatten import find_tensors
 from accdump.capture.rank import rank_and_world
 from accdump.capture.step_buffer import Capture, Seen, StepBuffer, StepPayload
 from accdump.capture.writer_thread import WriterThread
@@ -39,15 +39,18 @@ MODES = ("stats", "tensor", "hash")
 LEVELS = ("module", "op", "all")
 
 _DTYPE_NAMES = {dt: dtype_name(dt) for dt in ops.STATS_DTYPES}
-_ROLE_NAMES = {r: r.name.lower() for r in Role}
 _INDEX = [str(i) for i in range(64)]
+_new_capture = tuple.__new__  # builds a Capture from a tuple, skipping its Python __new__
+_INPUT, _OUTPUT, _TOKENS = Role.INPUT, Role.OUTPUT, Role.TOKENS  # enum attribute lookups are slow
 _DEVICE_NAMES: dict[torch.device, str] = {}
 
 
-def _device_str(dev: torch.device) -> str:
+def _device_name(dev: torch.device) -> str:
+    """'cpu' / 'cuda:0' for a device whose tensors can be recorded, else ''; cached per device
+    (`device.type` and `str(device)` each build a new string, a cost on the hot path)."""
     s = _DEVICE_NAMES.get(dev)
     if s is None:
-        s = _DEVICE_NAMES[dev] = str(dev)
+        s = _DEVICE_NAMES[dev] = str(dev) if dev.type in ("cpu", "cuda") else ""
     return s
 
 
@@ -117,12 +120,13 @@ class Recorder:
         self.enabled = False
         self.skipped: dict[str, int] = {}
         self._step = 0
-        self._order = 0
         self._buf: StepBuffer | None = None
         self._stack: list[_Frame] = []
         self._names: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
         self._handles: list[Any] = []
         self._stats_into = _stats_into_function()
+        self._tensor_mode, self._hash_mode = mode == "tensor", mode == "hash"
+        self._roles = frozenset(r for r in Role if r.name.lower() in self.filters.roles)
         self._writer: WriterThread | None = None
         self._op_mode: Any = None
         self._in_capture = False
@@ -211,7 +215,7 @@ class Recorder:
         if buf is None:
             return
         call = self._next_call(buf, name)
-        for arg, t in iter_tensors(value):
+        for arg, t in find_tensors(value):
             self._capture(buf, t, name, call, Role.PROBE, arg, "probe")
 
     def _open_step(self) -> StepBuffer | None:
@@ -230,81 +234,101 @@ class Recorder:
     def _capture(
         self, buf: StepBuffer, t: torch.Tensor, name: str, call: int, role: Role, arg: str, kind: str
     ) -> None:
-        dtype = t.dtype
-        dtype_str = _DTYPE_NAMES.get(dtype)
-        dev = t.device
-        if dtype_str is None or t.layout != torch.strided or dev.type not in ("cpu", "cuda"):
-            why = f"{dev.type} {dtype} {t.layout}".replace("torch.", "")
-            self.skipped[why] = self.skipped.get(why, 0) + 1
-            return
-        self._in_capture = True
         try:
-            wants_tensor = self.mode == "tensor" or role == Role.TOKENS
-            seen = buf.seen.get(id(t))
-            if seen is not None and (seen.ref() is not t or seen.version != t._version):
-                seen = None
+            version = t._version
+        except RuntimeError:  # an inference tensor has no version counter: never reuse its numbers
+            version = -1
+        seen = buf.seen.get(id(t))
+        if seen is None or seen.version != version or version < 0 or seen.ref() is not t:
+            seen = self._measure(buf, t, version)
             if seen is None:
-                chunk, row, index = buf.stats_rows(dev).take()
-                self._stats_into(t, chunk, row)
-                seen = buf.seen[id(t)] = Seen(weakref.ref(t), t._version, index)
-                if self.mode == "hash":
-                    hchunk, hrow, seen.hash_index = buf.hash_rows(dev).take()
-                    ops.tensor_fingerprint_into(t, hchunk, hrow)
-            # else: the same tensor, unchanged since captured (a layer's output is the next layer's
-            # input): its statistics, host copy and fingerprint are reused
-            if wants_tensor and seen.host is None:
+                return
+        # else: the same tensor, unchanged since captured (a layer's output is the next layer's
+        # input): its statistics, host copy and fingerprint are reused
+        host = None
+        if self._tensor_mode or role is _TOKENS:
+            if seen.host is None:
                 seen.host = self._host_copy(t)
-            buf.captures.append(
-                Capture(
-                    self._order,
+            host = seen.host
+        captures = buf.captures
+        captures.append(
+            _new_capture(
+                Capture,
+                (
+                    len(captures),
                     name,
                     call,
-                    int(role),
+                    role,
                     arg,
                     kind,
-                    dtype_str,
-                    tuple(t.shape),
+                    seen.dtype,
+                    t.shape,
                     t.stride(),
-                    int(t.storage_offset()),
+                    t.storage_offset(),
                     t.is_contiguous(),
-                    _device_str(dev),
+                    seen.device,
                     seen.stats_index,
-                    seen.host if wants_tensor else None,
+                    host,
                     seen.hash_index,
-                )
+                ),
             )
-            self._order += 1
+        )
+
+    def _measure(self, buf: StepBuffer, t: torch.Tensor, version: int) -> Seen | None:
+        """Launches the statistics (and fingerprint) of `t` into the step's rows on its device;
+        None, with the tensor counted in `skipped`, if it cannot be recorded."""
+        dev = t.device
+        device = _device_name(dev)
+        dtype = _DTYPE_NAMES.get(t.dtype)
+        if not device or dtype is None or t.layout is not torch.strided:
+            why = f"{dev.type} {t.dtype} {t.layout}".replace("torch.", "")
+            self.skipped[why] = self.skipped.get(why, 0) + 1
+            return None
+        self._in_capture = True  # a row chunk's allocation is no op of the model's
+        try:
+            chunk, row, index = buf.stats_rows(dev).take()
+            self._stats_into(t, chunk, row)
+            seen = buf.seen[id(t)] = Seen(weakref.ref(t), version, dtype, device, index)
+            if self._hash_mode:
+                hchunk, hrow, seen.hash_index = buf.hash_rows(dev).take()
+                ops.tensor_fingerprint_into(t, hchunk, hrow)
         finally:
             self._in_capture = False
+        return seen
 
     def _host_copy(self, t: torch.Tensor) -> torch.Tensor | None:
         """A host copy of `t` made without blocking (pinned for CUDA), unless it is over the size limit."""
         max_bytes = self.filters.max_tensor_bytes
         if max_bytes is not None and t.numel() * t.element_size() > max_bytes:
             return None
-        with torch.no_grad():
-            if t.device.type == "cpu":
-                return t.clone(memory_format=torch.contiguous_format)
-            host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-            host.copy_(t, non_blocking=True)
-            return host
+        self._in_capture = True
+        try:
+            with torch.no_grad():
+                if t.device.type == "cpu":
+                    return t.clone(memory_format=torch.contiguous_format)
+                host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+                host.copy_(t, non_blocking=True)
+                return host
+        finally:
+            self._in_capture = False
 
-    def _capture_all(
-        self, buf: StepBuffer, value: Any, name: str, call: int, role: Role, kind: str, prefix: str = ""
-    ) -> None:
-        if _ROLE_NAMES[role] not in self.filters.roles:
+    def _capture_all(self, buf: StepBuffer, value: Any, name: str, call: int, role: Role, kind: str) -> None:
+        """Captures every tensor in `value` (a tensor, or nested args / kwargs / outputs)."""
+        if role not in self._roles:
             return
-        # fast paths for the common shapes of arguments: a tensor, a tuple of tensors, no kwargs
         if isinstance(value, torch.Tensor):
-            self._capture(buf, value, name, call, role, prefix or "0", kind)
+            self._capture(buf, value, name, call, role, "0", kind)
             return
-        if isinstance(value, (tuple, list, dict)) and not value:
+        if type(value) is tuple:  # positional arguments: inline, keyed as find_tensors keys them
+            for i, v in enumerate(value):
+                key = _INDEX[i] if i < len(_INDEX) else str(i)
+                if isinstance(v, torch.Tensor):
+                    self._capture(buf, v, name, call, role, key, kind)
+                elif v is not None:
+                    for arg, t in find_tensors(v, key, 1):
+                        self._capture(buf, t, name, call, role, arg, kind)
             return
-        if type(value) is tuple and not prefix and all(type(v) is torch.Tensor for v in value):
-            for i, t in enumerate(value):
-                self._capture(buf, t, name, call, role, _INDEX[i] if i < len(_INDEX) else str(i), kind)
-            return
-        for arg, t in iter_tensors(value, prefix):
+        for arg, t in find_tensors(value):
             self._capture(buf, t, name, call, role, arg, kind)
 
     # --- steps ------------------------------------------------------------------------------
@@ -312,7 +336,6 @@ class Recorder:
     def _end_step(self) -> None:
         buf, self._buf = self._buf, None
         self._step += 1
-        self._order = 0
         if buf is not None:
             self._submit(buf)
 
@@ -351,14 +374,23 @@ class Recorder:
                 continue
             name = f"{prefix}.{sub_name}" if prefix and sub_name else (sub_name or prefix)
             self._names[mod] = name
+            # what a call of this module needs is decided once, here, not per call
+            kind = type(mod).__name__
+            wanted = self._wants_module(name, kind)
             self._handles.append(
-                mod.register_forward_pre_hook(functools.partial(self._pre_hook, name), with_kwargs=True)
+                mod.register_forward_pre_hook(
+                    functools.partial(self._pre_hook, name, kind, wanted), with_kwargs=True
+                )
             )
             self._handles.append(
                 mod.register_forward_hook(
-                    functools.partial(self._post_hook, name), with_kwargs=True, always_call=True
+                    functools.partial(self._post_hook, name, kind, wanted), with_kwargs=True, always_call=True
                 )
             )
+
+    def _wants_module(self, name: str, kind: str) -> bool:
+        """Whether the inputs and outputs of this module's calls are recorded."""
+        return self.level != "op" and self.filters.wants_name(name) and self.filters.wants_module_type(kind)
 
     def _global_pre(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         # Discovers modules when recording without a model: installs their own hooks, which
@@ -373,51 +405,63 @@ class Recorder:
         self._install(module, prefix)
         if self.params:
             self._record_parameters(module)
-        self._pre_hook(self._names[module], module, args, {})
-        if self._stack and self._stack[-1].name == self._names[module]:
+        name, kind = self._names[module], type(module).__name__
+        self._pre_hook(name, kind, self._wants_module(name, kind), module, args, {})
+        if self._stack and self._stack[-1].name == name:
             self._stack[-1].kwargs_pending = True
 
-    def _pre_hook(self, name: str, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        if not self.enabled or self._in_capture:
+    def _pre_hook(
+        self,
+        name: str,
+        kind: str,
+        wanted: bool,
+        module: nn.Module,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        if not self.enabled:
             return
-        buf = self._open_step()
-        self._stack.append(_Frame(name, buf.calls.get(name, 0) if buf is not None else 0))
+        buf = self._buf
         if buf is None:
-            return
-        is_root = len(self._stack) == 1
-        if is_root:
+            buf = self._open_step()
+            if buf is None:
+                self._stack.append(_Frame(name, 0))
+                return
+        frame = _Frame(name, buf.calls.get(name, 0))  # the call index is taken by the post-hook
+        self._stack.append(frame)
+        if len(self._stack) == 1:
             self._capture_tokens(buf, name, args, kwargs)
-        if self.level == "op" or not self.filters.wants_name(name):
-            return
-        kind = type(module).__name__
-        if not self.filters.wants_module_type(kind):
-            return
-        call = buf.calls.get(name, 0)  # the call index is taken by the post-hook
-        self._capture_all(buf, args, name, call, Role.INPUT, kind)
-        self._capture_all(buf, kwargs, name, call, Role.INPUT, kind)
+        if wanted:
+            if args:
+                self._capture_all(buf, args, name, frame.call, _INPUT, kind)
+            if kwargs:
+                self._capture_all(buf, kwargs, name, frame.call, _INPUT, kind)
 
     def _post_hook(
-        self, name: str, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+        self,
+        name: str,
+        kind: str,
+        wanted: bool,
+        module: nn.Module,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        output: Any,
     ) -> None:
-        if not self.enabled or self._in_capture or not self._stack or self._stack[-1].name != name:
+        stack = self._stack
+        if not self.enabled or not stack or stack[-1].name != name:
             return
-        frame = self._stack.pop()
+        frame = stack.pop()
         buf = self._buf
         if buf is not None:
-            if not self._stack and not buf.has_tokens:
+            if not stack and not buf.has_tokens:
                 self._capture_tokens(buf, name, (), kwargs)  # a root first seen by the global hook
-            kind = type(module).__name__
-            wanted = (
-                self.level != "op" and self.filters.wants_name(name) and self.filters.wants_module_type(kind)
-            )
             call = self._next_call(buf, name)
             if wanted:
-                if (
-                    frame.kwargs_pending
-                ):  # keyword inputs only visible now (never mutated by the call in practice)
-                    self._capture_all(buf, kwargs, name, call, Role.INPUT, kind)
-                self._capture_all(buf, output, name, call, Role.OUTPUT, kind)
-        if not self._stack and self.auto_step:
+                if frame.kwargs_pending:
+                    # keyword inputs only visible now (never mutated by the call in practice)
+                    self._capture_all(buf, kwargs, name, call, _INPUT, kind)
+                self._capture_all(buf, output, name, call, _OUTPUT, kind)
+        if not stack and self.auto_step:
             self._end_step()
 
     def _capture_tokens(

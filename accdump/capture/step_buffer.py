@@ -64,13 +64,16 @@ class DeviceRows:
 
 
 class Seen:
-    """A tensor already captured in this step, valid while it is alive and its version unchanged."""
+    """A tensor already captured in this step, valid while it is alive and its version unchanged:
+    its numbers, and the dtype and device names its captures repeat."""
 
-    __slots__ = ("hash_index", "host", "ref", "stats_index", "version")
+    __slots__ = ("device", "dtype", "hash_index", "host", "ref", "stats_index", "version")
 
-    def __init__(self, ref: Any, version: int, stats_index: int):
+    def __init__(self, ref: Any, version: int, dtype: str, device: str, stats_index: int):
         self.ref = ref  # weakref.ref to the tensor
         self.version = version
+        self.dtype = dtype
+        self.device = device
         self.stats_index = stats_index
         self.host: torch.Tensor | None = None
         self.hash_index = -1

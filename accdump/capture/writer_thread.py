@@ -6,6 +6,7 @@ bounded queue (so memory stays bounded when the disk is slower than the run) and
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 import time
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 
 from accdump.capture.fingerprint import hex_digest
-from accdump.capture.step_buffer import CHUNK_ROWS, StepPayload
+from accdump.capture.step_buffer import CHUNK_ROWS, Capture, StepPayload
 from accdump.errors import AccdumpError, RecordWriteError
 from accdump.ops import STATS_FIELDS
 from accdump.store.dtypes import tensor_to_bytes
@@ -24,53 +25,55 @@ from accdump.store.writer import SegmentWriter
 _STOP = object()
 
 
-def _encoded(values: list[str]) -> np.ndarray:
-    return np.array([v.encode("utf-8") for v in values], dtype=object)
+def _encoded(values: tuple[str, ...]) -> np.ndarray:
+    """UTF-8 bytes of each string (`S<longest>`), encoding each distinct string once."""
+    codes = {v: v.encode("utf-8") for v in set(values)}
+    return np.array([codes[v] for v in values], dtype=bytes)
+
+
+def _padded(tuples: tuple[tuple[int, ...], ...], ndims: np.ndarray, width: int) -> np.ndarray:
+    """[n, width] int64 array of the tuples (tuple i has ndims[i] entries), padded with zeros."""
+    out = np.zeros((len(tuples), width), dtype=np.int64)
+    flat = itertools.chain.from_iterable(tuples)
+    out[np.arange(width) < ndims[:, None]] = np.fromiter(flat, dtype=np.int64, count=int(ndims.sum()))
+    return out
 
 
 def payload_rows(p: StepPayload) -> tuple[np.ndarray, list[np.ndarray]]:
     """The record table and heap pieces of one step (after its device work completed).
 
-    Built column by column: this runs beside the user's program, and per-field work would hold
-    the GIL long enough to slow it down."""
-    caps = p.captures
-    n = len(caps)
-    strings = {
-        col: _encoded([getattr(c, col) for c in caps]) for col in ("name", "arg", "kind", "dtype", "device")
-    }
-    hashes = [""] * n
+    Built column by column from the captures transposed at once: this runs beside the user's
+    program, and per-record work would hold the GIL long enough to slow it down."""
+    if not p.captures:
+        return np.zeros(0, dtype=record_dtype({}, 1)), []
+    n = len(p.captures)
+    cols = dict(zip(Capture._fields, zip(*p.captures, strict=True), strict=True))
     stats = np.zeros((n, len(STATS_FIELDS)))
-    by_device: dict[str, list[int]] = {}
-    for i, c in enumerate(caps):
-        by_device.setdefault(c.device, []).append(i)
-    for dev, idx in by_device.items():
-        table = torch.cat(p.stats[dev]).numpy()
-        stats[idx] = table[[caps[i].stats_index for i in idx]]
-        hashed = [i for i in idx if caps[i].hash_index >= 0]
-        if hashed:
+    hashes = [""] * n
+    stats_index = np.asarray(cols["stats_index"], dtype=np.int64)
+    hash_index = np.asarray(cols["hash_index"], dtype=np.int64)
+    devices = np.asarray(cols["device"], dtype=object)
+    for dev in set(cols["device"]):
+        idx = np.flatnonzero(devices == dev)
+        stats[idx] = torch.cat(p.stats[dev]).numpy()[stats_index[idx]]
+        hashed = idx[hash_index[idx] >= 0]
+        if len(hashed):
             htable = torch.cat(p.hashes[dev]).numpy()
-            for i in hashed:
-                h = htable[caps[i].hash_index]
-                hashes[i] = hex_digest((int(h[0]), int(h[1])))
-    strings["hash"] = _encoded(hashes)
-    widths = {col: max((len(v) for v in vals), default=1) for col, vals in strings.items()}
-    max_ndim = max((len(c.shape) for c in caps), default=1)
-    rows = np.zeros(n, dtype=record_dtype(widths, max_ndim))
-    if n == 0:
-        return rows, []
+            for i, h in zip(hashed.tolist(), htable[hash_index[hashed]].tolist(), strict=True):
+                hashes[i] = hex_digest((h[0], h[1]))
+    strings = {col: _encoded(cols[col]) for col in ("name", "arg", "kind", "dtype", "device")}
+    strings["hash"] = _encoded(tuple(hashes))
+    ndims = np.fromiter(map(len, cols["shape"]), dtype=np.int64, count=n)
+    dims = max(1, int(ndims.max()))
+    rows = np.zeros(n, dtype=record_dtype({col: v.dtype.itemsize for col, v in strings.items()}, dims))
     rows["step"] = p.step
     for col in ("order", "call", "role", "storage_offset", "contiguous"):
-        rows[col] = [getattr(c, col) for c in caps]
+        rows[col] = cols[col]
     for col, vals in strings.items():
         rows[col] = vals
-    rows["ndim"] = [len(c.shape) for c in caps]
-    shape = rows["shape"]
-    strides = rows["strides"]
-    for i, c in enumerate(caps):
-        k = len(c.shape)
-        if k:
-            shape[i, :k] = c.shape
-            strides[i, :k] = c.strides
+    rows["ndim"] = ndims
+    rows["shape"] = _padded(cols["shape"], ndims, dims)
+    rows["strides"] = _padded(cols["strides"], ndims, dims)
     for k, f in enumerate(STATS_FIELDS):
         rows[f] = stats[:, k]
     heap: list[np.ndarray] = []
@@ -78,15 +81,15 @@ def payload_rows(p: StepPayload) -> tuple[np.ndarray, list[np.ndarray]]:
     sizes = np.zeros(n, dtype=np.int64)
     offset = 0
     stored: dict[int, int] = {}  # id(host copy) -> heap offset: a tensor captured twice is stored once
-    for i, c in enumerate(caps):
-        if c.tensor is None:
+    for i, t in enumerate(cols["tensor"]):
+        if t is None:
             continue
-        raw = tensor_to_bytes(c.tensor)
+        raw = tensor_to_bytes(t)
         sizes[i] = raw.size
-        if id(c.tensor) in stored:
-            offsets[i] = stored[id(c.tensor)]
+        if id(t) in stored:
+            offsets[i] = stored[id(t)]
             continue
-        offsets[i] = stored[id(c.tensor)] = offset
+        offsets[i] = stored[id(t)] = offset
         heap.append(raw)
         offset += raw.size
     rows["heap_offset"], rows["heap_nbytes"] = offsets, sizes

@@ -383,6 +383,16 @@ def test_parameters_are_recorded_once_at_step_minus_one(tmp_path, net, x):
         assert torch.equal(dump.tensor(r), want[f"{r.name}.{r.arg}"].detach())
 
 
+def test_order_counts_from_zero_in_every_step_with_parameters_recorded(tmp_path, net, x):
+    with torch.no_grad(), accdump.record(net, tmp_path / "d", params=True):
+        net(x)
+        net(x)
+    dump = accdump.load(tmp_path / "d")
+    for step in dump.steps():
+        orders = [r.order for r in dump.records(step=step)]
+        assert orders == list(range(len(orders))), step
+
+
 def test_without_a_model_global_hooks_record_the_same(tmp_path, net, x):
     with torch.no_grad():
         with accdump.record(net, tmp_path / "with_model", mode="tensor"):
@@ -478,6 +488,51 @@ def test_captures_are_taken_before_in_place_ops(tmp_path, x, device):
         (out,) = [dump.tensor(r) for r in dump.records(name=name, role=Role.OUTPUT)]
         assert (inp < 0).any(), name
         assert torch.equal(out, inp.clamp_min(0)), name
+
+
+class _MutatesChildOutput(nn.Module):
+    """Changes a child's output in place before passing it on: the child's output and the next
+    module's input are one tensor object with two different values."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = nn.Linear(4, 8)
+        self.after = nn.Identity()
+
+    def forward(self, x):
+        h = self.inner(x)
+        h.add_(1)
+        h = self.after(h)
+        h.mul_(-2)
+        return h
+
+
+def _stats_by_key(path) -> dict[tuple[str, Role], ops.TensorStats]:
+    return {(r.name, r.role): r.stats for r in accdump.load(path).records() if r.arg == "0"}
+
+
+@pytest.mark.parametrize("grad_mode", ["no_grad", "inference_mode"])
+def test_a_tensor_changed_in_place_after_capture_keeps_its_numbers_at_capture(tmp_path, x, device, grad_mode):
+    torch.manual_seed(SEED)
+    model = _MutatesChildOutput().to(device)
+    x = x.to(device)
+    with torch.no_grad():
+        inner_out = model.inner(x)
+    # inference tensors have no version counter: each capture must measure anew
+    with getattr(torch, grad_mode)(), accdump.record(model, tmp_path / "d") as rec:
+        y = model(x)
+    assert rec.error is None and not rec.skipped
+    got = _stats_by_key(tmp_path / "d")
+    i, o = Role.INPUT, Role.OUTPUT
+    want = {
+        ("inner", o): inner_out,
+        ("after", i): inner_out + 1,
+        ("after", o): inner_out + 1,
+        ("", o): y,
+    }
+    assert torch.equal(y, (inner_out + 1) * -2)
+    for key, value in want.items():
+        assert got[key] == ops.tensor_stats(value), key
 
 
 def test_op_level_has_one_step_per_forward(tmp_path, llama):

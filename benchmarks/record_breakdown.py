@@ -1,0 +1,182 @@
+"""Where the host time of stats recording goes, in µs per record, by elimination.
+
+Times one forward of a transformers Llama five ways (median forward time of each, the five
+taking turns) and charges each difference to one part:
+  hooks         pre- and post-hooks shaped like accdump's (partial, kwargs, always_call) doing nothing
+  recorder      accdump.record with the statistics op replaced by a no-op and no segment written
+  stats op      the real statistics op (one launch per tensor not already measured in the step)
+  writer        the background thread building and writing one segment per forward
+and also the host cost of one statistics op call on a small tensor.
+
+    python benchmarks/record_breakdown.py                  # GPU: bench_record's H100 preset
+    python benchmarks/record_breakdown.py --preset cpu     # 8 layers, hidden 64, 8 tokens: Python-bound
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+import accdump
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_record import PRESETS, build_model  # noqa: E402
+
+TINY = dict(layers=8, hidden=64, inter=128, heads=4, vocab=128, seq=8, dtype="float32", device="cpu")
+
+
+def _noop_hooks(model: torch.nn.Module) -> list[Any]:
+    def pre(name: str, module: Any, args: Any, kwargs: Any) -> None:
+        return None
+
+    def post(name: str, module: Any, args: Any, kwargs: Any, output: Any) -> None:
+        return None
+
+    handles = []
+    for name, mod in model.named_modules():
+        handles.append(mod.register_forward_pre_hook(functools.partial(pre, name), with_kwargs=True))
+        handles.append(
+            mod.register_forward_hook(functools.partial(post, name), with_kwargs=True, always_call=True)
+        )
+    return handles
+
+
+def op_host_us(device: str, dtype: torch.dtype) -> float:
+    """Host time of one tensor_stats_into call on a [1, 4096] tensor (launch only on CUDA)."""
+    x = torch.randn(1, 4096, device=device).to(dtype)
+    out = torch.zeros(256, len(accdump.ops.STATS_FIELDS), dtype=torch.float64, device=device)
+    op = torch.ops.accdump.tensor_stats_into.default
+    for _ in range(100):
+        op(x, out, 3)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    n = 1000  # fewer than the launch queue holds, so the host never waits for the device
+    t0 = time.perf_counter()
+    for _ in range(n):
+        op(x, out, 3)
+    return (time.perf_counter() - t0) / n * 1e6
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", choices=["gpu", "cpu"], default="gpu" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--rounds", type=int, default=10, help="turns of each part")
+    ap.add_argument("--per-turn", type=int, default=5, help="timed forwards per turn")
+    ap.add_argument("--json", default="record_breakdown.json")
+    args = ap.parse_args()
+    p = PRESETS["gpu"] if args.preset == "gpu" else TINY
+    dev = p["device"]
+    if dev == "cpu":
+        torch.set_num_threads(1)
+    model = build_model(p)
+    ids = torch.randint(0, p["vocab"], (1, p["seq"]), generator=torch.Generator().manual_seed(0)).to(dev)
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(ids)
+
+    tmp = Path(tempfile.mkdtemp(prefix="accdump-breakdown-"))
+    launches = [0]
+
+    def count_launches(*args: object) -> None:
+        launches[0] += 1
+
+    @contextlib.contextmanager
+    def setup(part: str) -> Iterator[None]:
+        if part == "plain":
+            yield
+        elif part == "hooks":
+            handles = _noop_hooks(model)
+            yield
+            for h in handles:
+                h.remove()
+        else:
+            with accdump.record(model, tmp / "d", overwrite=True) as rec:
+                if part != "writer":
+                    rec._writer.submit = lambda payload: None  # type: ignore[method-assign,union-attr]
+                if part == "recorder":
+                    rec._stats_into = count_launches
+                yield
+
+    # Parts run in turns, a few forwards each, so that a machine whose speed drifts (shared
+    # CPUs) slows every part alike; the first forward of each turn is not timed.
+    parts = ("plain", "hooks", "recorder", "stats op", "writer")
+    times: dict[str, list[float]] = {part: [] for part in parts}
+    per_forward = 0
+    for _ in range(args.rounds):
+        for part in parts:
+            with setup(part):
+                forward()
+                launches[0] = 0
+                for _ in range(args.per_turn):
+                    if dev == "cuda":
+                        torch.cuda.synchronize()
+                    t0 = time.perf_counter()
+                    forward()
+                    if dev == "cuda":
+                        torch.cuda.synchronize()
+                    times[part].append((time.perf_counter() - t0) * 1e6)
+                if part == "recorder":
+                    per_forward = launches[0] // args.per_turn
+    median = {part: statistics.median(ts) for part, ts in times.items()}
+    records = len(list(accdump.load(tmp / "d").records(step=0)))
+    op_us = op_host_us(dev, getattr(torch, p["dtype"]))
+
+    name = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
+    table = Table(
+        title=f"stats recording, module level: Llama {p['layers']}L h{p['hidden']} seq {p['seq']} on {name}, "
+        f"{records} records and {per_forward} statistics launches per forward"
+    )
+    for c in ("part", "forward µs", "× plain", "+µs / record", "total µs / record"):
+        table.add_column(c, justify="right")
+    rows = []
+    prev = median["plain"]
+    for part, t in median.items():
+        row = {
+            "part": part,
+            "forward_us": t,
+            "ratio": t / median["plain"],
+            "us_per_record": (t - prev) / records,
+            "total_us_per_record": (t - median["plain"]) / records,
+        }
+        rows.append(row)
+        table.add_row(
+            part,
+            f"{t:.0f}",
+            f"{row['ratio']:.3f}",
+            f"{row['us_per_record']:.2f}",
+            f"{row['total_us_per_record']:.2f}",
+        )
+        prev = t
+    Console(width=140).print(table)
+    print(f"one tensor_stats_into call: {op_us:.2f} µs of host time")
+    Path(args.json).write_text(
+        json.dumps(
+            {
+                "device": name,
+                "preset": p,
+                "records": records,
+                "launches": per_forward,
+                "op_host_us": op_us,
+                "rows": rows,
+            },
+            indent=1,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
