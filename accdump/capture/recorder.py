@@ -15,6 +15,7 @@ import socket
 import sys
 import threading
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -129,6 +130,7 @@ class Recorder:
         self._roles = frozenset(r for r in Role if r.name.lower() in self.filters.roles)
         self._writer: WriterThread | None = None
         self._op_mode: Any = None
+        self._collectives: Any = None
         self._in_capture = False
         self._error_reported = False
         self._roots_seen = 0
@@ -159,6 +161,11 @@ class Recorder:
 
             self._op_mode = OpCaptureMode(self)
             self._op_mode.__enter__()
+        if self.level in ("module", "all"):
+            from accdump.capture.collectives import CollectiveHooks
+
+            self._collectives = CollectiveHooks(self)
+            self._collectives.install()
         return self
 
     def stop(self) -> None:
@@ -169,6 +176,9 @@ class Recorder:
         if self._op_mode is not None:
             self._op_mode.__exit__(None, None, None)
             self._op_mode = None
+        if self._collectives is not None:
+            self._collectives.remove()
+            self._collectives = None
         for h in self._handles:
             h.remove()
         self._handles.clear()
@@ -487,6 +497,33 @@ class Recorder:
         self._submit(buf)
 
     # --- op level ---------------------------------------------------------------------------
+
+    def collective(
+        self,
+        op: str,
+        inputs: tuple[Any, ...],
+        run: Callable[[], Any],
+        outputs: Callable[[], tuple[Any, ...]] | None,
+    ) -> Any:
+        """Records a torch.distributed collective's inputs, runs it, then records its outputs
+        (none for an async call), named `module.path/op.index` like level-`op` records."""
+        buf = self._open_step()
+        if buf is None:
+            return run()
+        name, call = self.op_name(op)
+        wanted = self.filters.wants_name(name.split("/", 1)[0])
+        if wanted:
+            self._capture_all(buf, inputs, name, call, _INPUT, op)
+        result = run()
+        if outputs is not None:
+            values = outputs()
+            # collectives write their outputs without bumping the version counter: forget what was
+            # measured of these tensors so that no later capture reuses the numbers from before
+            for _, t in find_tensors(values):
+                buf.seen.pop(id(t), None)
+            if wanted:
+                self._capture_all(buf, values, name, call, _OUTPUT, op)
+        return result
 
     def op_name(self, op: str) -> tuple[str, int]:
         """('module.path/op.index', the module's call index) for the op now running; ops are
