@@ -1,4 +1,4 @@
-"""`accdump` command line: demo, record, show, compare, verify, selfcheck.
+"""`accdump` command line: demo, record, import, show, compare, verify, selfcheck.
 
 Errors become one line and exit status 2."""
 
@@ -123,6 +123,10 @@ def compare(
     structural: Annotated[
         bool, typer.Option(help="Align records whose names differ by structure (class/op, role, shape).")
     ] = True,
+    unshard: Annotated[
+        str | None,
+        typer.Option(help="YAML/JSON rules for putting a multi-rank target's shards together."),
+    ] = None,
 ) -> None:
     """Find the first op where TARGET diverges from GOLDEN. Exit status: 0 none, 1 found, 2 error.
 
@@ -135,8 +139,10 @@ def compare(
     from accdump.diff import RenameRules, Thresholds
     from accdump.diff import compare as run_compare
     from accdump.diff.report import print_summary, write_csv, write_html, write_json
+    from accdump.diff.unshard import UnshardRules
 
     rules = RenameRules.load(rename) if rename else None
+    unshard_rules = UnshardRules.load(unshard) if unshard else None
     th = Thresholds.load(thresholds) if thresholds else Thresholds()
     if cosine is not None:
         th = replace(th, cosine=(cosine, th.cosine[1], th.cosine[2]))
@@ -147,6 +153,7 @@ def compare(
             target,
             structural=structural,
             rules=rules,
+            unshard=unshard_rules,
             thresholds=th,
             device=device,
             progress=lambda i, n: bar.update(task, completed=i, total=n),
@@ -157,6 +164,69 @@ def compare(
             writer(result, path)
             console.print(f"wrote {path}")
     raise typer.Exit(result.exit_code)
+
+
+@app.command(name="import")
+def import_(
+    src: Annotated[str | None, typer.Argument(help="Folder (or file) the other tool wrote.")] = None,
+    output: Annotated[str | None, typer.Option("-o", "--output", help="Dump directory to write.")] = None,
+    preset: Annotated[
+        str | None, typer.Option(help="msprobe | sglang | trtllm | trtllm-torch (default: detected).")
+    ] = None,
+    pattern: Annotated[
+        str | None, typer.Option(help="Map relative paths to fields, e.g. 'iteration_{step}/{name}.npy'.")
+    ] = None,
+    rank: Annotated[
+        int | None, typer.Option(help="Rank of a source that names none; else import only this rank.")
+    ] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="True dtype of raw / integer values, e.g. bfloat16 for uint16 .npy.")
+    ] = None,
+    strict: Annotated[bool, typer.Option(help="Fail when any file would be left out.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace a recording already in the directory.")] = False,
+    calls_per_step: Annotated[
+        int | None,
+        typer.Option(help="trtllm-torch: calls of the root's children per step (default: detected)."),
+    ] = None,
+    order_like: Annotated[
+        str | None, typer.Option(help="Golden dump whose execution order sources without one take.")
+    ] = None,
+    rename: Annotated[
+        str | None, typer.Option(help="Rules matching imported names to --order-like's (default: preset's).")
+    ] = None,
+    list_presets: Annotated[bool, typer.Option("--list-presets", help="List the presets and exit.")] = False,
+) -> None:
+    """Turn a dump written by another tool into an accdump dump, so show / compare / verify work on it.
+
+    Example: accdump import msprobe_dump/ -o dumps/target && accdump compare dumps/golden dumps/target
+    """
+    from rich.progress import Progress
+
+    from accdump.cli.import_ import print_import, print_presets
+    from accdump.importers import import_dump
+
+    if list_presets:
+        print_presets(console)
+        raise typer.Exit(0)
+    if src is None or output is None:
+        raise typer.BadParameter("give the source folder and -o/--output (or --list-presets)")
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task("importing", total=None)
+        result = import_dump(
+            src,
+            output,
+            preset=preset,
+            pattern=pattern,
+            rank=rank,
+            dtype=dtype,
+            strict=strict,
+            overwrite=overwrite,
+            calls_per_step=calls_per_step,
+            order_like=order_like,
+            rename=rename,
+            progress=lambda i, n: bar.update(task, completed=i, total=n),
+        )
+    print_import(result, console)
 
 
 @app.command()

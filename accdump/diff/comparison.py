@@ -24,6 +24,7 @@ from accdump.diff.metrics import (
 )
 from accdump.diff.rules import RenameRules
 from accdump.diff.streaming import Staging, streamable, streamed_metrics, streamed_row_cosine
+from accdump.diff.unshard import UnshardedDump, UnshardRules
 from accdump.store import Dump, Record, Role, load
 
 Key = tuple[int, int, str, int, int, str]
@@ -120,6 +121,7 @@ class CompareResult:
     steps_note: str
     trajectory: list[dict[str, Any]] = field(default_factory=list)
     propagates: bool | None = None
+    findings: list[str] = field(default_factory=list)  # e.g. ranks disagreeing on replicated tensors
 
     @property
     def exit_code(self) -> int:
@@ -169,6 +171,7 @@ class CompareResult:
             "trajectory": self.trajectory,
             "only_golden": [_rec_id(r) for r in self.only_golden],
             "only_target": [_rec_id(r) for r in self.only_target],
+            "findings": self.findings,
             "pairs": [p.row() for p in self.pairs],
         }
 
@@ -230,6 +233,7 @@ def compare(
     device: str | None = None,
     progress: Any = None,
     structural: bool = True,
+    unshard: UnshardRules | None = None,
 ) -> CompareResult:
     """Aligns `target` with `golden` and finds the first divergence; see CompareResult.
 
@@ -237,7 +241,10 @@ def compare(
     records left unpaired are then aligned by execution order and structure (module class or op,
     role, shape), as when the target is a re-implementation with other names."""
     gd = golden if isinstance(golden, Dump) else load(golden)
-    td = target if isinstance(target, Dump) else load(target)
+    td: Any = target if isinstance(target, Dump) else load(target)
+    unsharded = None
+    if len(gd.ranks) == 1 and len(td.ranks) > 1:  # TP=1 golden vs TP=N target: put shards together
+        td = unsharded = UnshardedDump(td, gd, unshard)
     rules = rules or RenameRules()
     th = thresholds or Thresholds()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -286,6 +293,9 @@ def compare(
     result = CompareResult(
         str(gd.path), str(td.path), pairs, only_golden, only_target, divergence, token_diff, steps_note
     )
+    if unsharded is not None:
+        result.steps_note += f"; {unsharded.rule_summary()}"
+        result.findings += [d.line() for d in unsharded.disagreements]
     if limit_step is not None:
         result.steps_note += (
             f"; tokens differ from step {limit_step}: later steps see different inputs "

@@ -45,6 +45,8 @@ def neighbourhood(result: CompareResult, width: int = 8) -> list[Pair]:
 
 def print_summary(result: CompareResult, console: Console) -> None:
     console.print(f"[bold]{result.verdict_line()}[/bold]")
+    for finding in result.findings:
+        console.print(f"[yellow]{finding}[/yellow]")
     if result.first_token_diff:
         tok = result.first_token_diff
         console.print(
