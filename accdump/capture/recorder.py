@@ -42,7 +42,12 @@ LEVELS = ("module", "op", "all")
 _DTYPE_NAMES = {dt: dtype_name(dt) for dt in ops.STATS_DTYPES}
 _INDEX = [str(i) for i in range(64)]
 _new_capture = tuple.__new__  # builds a Capture from a tuple, skipping its Python __new__
-_INPUT, _OUTPUT, _TOKENS = Role.INPUT, Role.OUTPUT, Role.TOKENS  # enum attribute lookups are slow
+_INPUT, _OUTPUT, _TOKENS, _PROBE = (
+    Role.INPUT,
+    Role.OUTPUT,
+    Role.TOKENS,
+    Role.PROBE,
+)  # enum attribute lookups are slow
 _DEVICE_NAMES: dict[torch.device, str] = {}
 
 
@@ -151,6 +156,8 @@ class Recorder:
             _active = self
         self.enabled = True
         if self.model is not None:
+            if type(self.model).__name__ == "OptimizedModule":
+                _warn_compiled(self.model)
             self._install(self.model, "")
             if self.params:
                 self._record_parameters(self.model)
@@ -227,6 +234,17 @@ class Recorder:
         call = self._next_call(buf, name)
         for arg, t in find_tensors(value):
             self._capture(buf, t, name, call, Role.PROBE, arg, "probe")
+
+    def probe_one(self, name: str, arg: str, first: bool, t: torch.Tensor) -> None:
+        """Records one tensor of probe `name` (the compiled path: one op call per tensor; the
+        first tensor of a probe call opens its call index, the others share it)."""
+        if not self.enabled or _PROBE not in self._roles or not self.filters.wants_name(name):
+            return
+        buf = self._open_step()
+        if buf is None:
+            return
+        call = self._next_call(buf, name) if first or name not in buf.calls else buf.calls[name] - 1
+        self._capture(buf, t, name, call, _PROBE, arg, "probe")
 
     def _open_step(self) -> StepBuffer | None:
         if self._buf is None:
@@ -405,6 +423,10 @@ class Recorder:
     def _global_pre(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         # Discovers modules when recording without a model: installs their own hooks, which
         # take over from the next call on; this first call is entered here (positional inputs only).
+        if _compiling():
+            return
+        if type(module).__name__ == "OptimizedModule":
+            _warn_compiled(module)
         if not self.enabled or module in self._names:
             return
         if self._stack:
@@ -429,7 +451,7 @@ class Recorder:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> None:
-        if not self.enabled:
+        if not self.enabled or _compiling():
             return
         buf = self._buf
         if buf is None:
@@ -458,7 +480,7 @@ class Recorder:
         output: Any,
     ) -> None:
         stack = self._stack
-        if not self.enabled or not stack or stack[-1].name != name:
+        if not self.enabled or not stack or stack[-1].name != name or _compiling():
             return
         frame = stack.pop()
         buf = self._buf
@@ -563,6 +585,25 @@ class Recorder:
         }
 
 
+_compiling = torch.compiler.is_compiling
+_warned_compiled: set[int] = set()
+
+
+def _warn_compiled(module: nn.Module) -> None:
+    """Says once per compiled module what is recorded inside it: hooks are left out of compiled
+    graphs (tracing them would make the graph the recorder's), accdump.probe() calls are traced."""
+    if id(module) in _warned_compiled:
+        return
+    _warned_compiled.add(id(module))
+    inner = type(getattr(module, "_orig_mod", module)).__name__
+    print(
+        f"accdump: {inner} runs under torch.compile: the modules inside it are not recorded (their "
+        "hooks are not part of the compiled graph); accdump.probe() calls inside it are, and the "
+        "module's own inputs and outputs are",
+        file=sys.stderr,
+    )
+
+
 def record(model: nn.Module | None, path: str | os.PathLike[str], **kwargs: Any) -> Recorder:
     """`with accdump.record(model, "dumps/golden", mode="stats") as rec: model(x)` — see Recorder.
 
@@ -576,7 +617,13 @@ def record(model: nn.Module | None, path: str | os.PathLike[str], **kwargs: Any)
 
 
 def probe(name: str, value: Any) -> None:
-    """Records `value` (a tensor or nested tensors) under `name` if a recorder is active; else nothing."""
+    """Records `value` (a tensor or nested tensors) under `name` if a recorder is active; else nothing.
+    Inside torch.compile it traces into the graph as a custom op (no graph break)."""
+    if torch.compiler.is_compiling():
+        from accdump.capture.compiled import probe_traced
+
+        probe_traced(name, value)
+        return
     rec = _active
     if rec is not None:
         rec.probe(name, value)
