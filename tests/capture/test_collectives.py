@@ -120,3 +120,35 @@ def test_collectives_are_wrapped_only_while_recording(tmp_path):
     with accdump.record(nn.Linear(2, 2), tmp_path / "d"):
         assert dist.all_reduce is not originals[0] and distributed_c10d.all_reduce is not originals[1]
     assert (dist.all_reduce, distributed_c10d.all_reduce, dist.all_gather_into_tensor) == originals
+
+
+class FunctionalReduce(nn.Module):
+    def __init__(self, rank: int):
+        super().__init__()
+        self.rank = rank
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed._functional_collectives as funcol
+
+        return funcol.all_reduce(x * (self.rank + 1), "sum", dist.group.WORLD) + 1
+
+
+def _functional_worker(rank: int, world: int, port: int, path: str) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        model = FunctionalReduce(rank)
+        with torch.no_grad(), accdump.record(model, path, level="op"):
+            model(torch.ones(2, 3))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_functional_collectives_are_ops(tmp_path):
+    """torch.distributed's functional collectives are ATen ops: level `op` records them."""
+    path = tmp_path / "funcol"
+    mp.start_processes(_functional_worker, args=(2, free_port(), str(path)), nprocs=2, start_method="spawn")
+    d = accdump.load(path)
+    for rank in (0, 1):
+        recs = {r.role: r for r in d.records(rank=rank) if r.name == "/all_reduce.0"}
+        assert recs[Role.INPUT].stats.sum == 6.0 * (rank + 1)
+        assert recs[Role.OUTPUT].stats.sum == 18.0  # 6 + 12: reduced over both ranks
