@@ -28,6 +28,8 @@ _SKIP = frozenset(
         "set_",
         "resize_",
         "record_stream",
+        "_wrap_tensor_autograd",  # functional collectives' wrapper: runs before the data arrives
+        "wait_tensor",
         # dtype casts: a cast that is a no-op in a float32 golden dispatches nothing there but runs
         # in a bfloat16 target, which would shift every later cast's index and mis-pair them; a wrong
         # cast still shows, as the failing input of the op that consumes it
@@ -69,6 +71,11 @@ class OpCaptureMode(TorchDispatchMode):
         rec._capture_all(buf, args, name, call, Role.INPUT, op)
         rec._capture_all(buf, kwargs, name, call, Role.INPUT, op)
         out = func(*args, **kwargs)
+        if func.namespace == "_c10d_functional":
+            # a functional collective returns before its data arrives: wait for it (here, rather
+            # than where the program would) so that the output is measured complete
+            for _, t in find_tensors(out):
+                torch.ops._c10d_functional.wait_tensor(t)
         # An in-place op returns its mutated input, whose version counter is only bumped after
         # this handler returns: never reuse what was captured of it before the op ran.
         for _, t in find_tensors(out):
