@@ -20,6 +20,8 @@ from accdump.errors import (
     NativeUnavailableError,
     OpInputError,
     RecordWriteError,
+    SourceFormatError,
+    UnsafeFileError,
 )
 
 __version__ = "0.1.0"
@@ -62,6 +64,8 @@ __all__ = [
     "OpInputError",
     "RecordWriteError",
     "Recorder",
+    "SourceFormatError",
+    "UnsafeFileError",
     "__version__",
     "load",
     "probe",

@@ -34,3 +34,13 @@ class CheckpointError(AccdumpError):
 class DemoError(AccdumpError, ValueError):
     """`accdump demo` was given options it cannot run with (an unknown bug, too few tokens, an
     output directory that holds something else)."""
+
+
+class SourceFormatError(AccdumpError, ValueError):
+    """An `accdump import` source is missing, ambiguous, or not in the layout its preset or
+    pattern describes (a file that holds no tensor, a pattern without {name}, an unknown preset)."""
+
+
+class UnsafeFileError(SourceFormatError):
+    """A file to import would need full unpickling (it holds Python objects other than tensors and
+    plain containers): refused, since loading it could run arbitrary code."""
