@@ -173,7 +173,9 @@ def verdict_of(m: PairMetrics, th: Thresholds) -> Verdict:
 def stats_metrics(g: Record, t: Record) -> PairMetrics:
     gs, ts = g.stats, t.stats
     m = PairMetrics(source="stats")
-    if gs.l2norm > 0:
+    if math.isnan(gs.l2norm) or math.isnan(ts.l2norm):
+        pass  # not known (statistics imported from a tool that does not give a norm)
+    elif gs.l2norm > 0:
         m.norm_ratio = ts.l2norm / gs.l2norm
     elif ts.l2norm > 0:
         m.norm_ratio = math.inf
@@ -185,8 +187,10 @@ def stats_metrics(g: Record, t: Record) -> PairMetrics:
         m.mean_diff = abs(ts.mean - gs.mean) / scale  # mean shift in units of the golden spread
     if math.isfinite(gs.absmax) and math.isfinite(ts.absmax):
         m.absmax_rel_diff = _rel(gs.absmax, ts.absmax)
-    m.new_nan = max(0, ts.nan - gs.nan)
-    m.new_inf = max(0, (ts.posinf + ts.neginf) - (gs.posinf + gs.neginf))
+    counts = (gs.nan, ts.nan, gs.posinf, gs.neginf, ts.posinf, ts.neginf)
+    if min(counts) >= 0:  # -1: not known (imported statistics)
+        m.new_nan = max(0, ts.nan - gs.nan)
+        m.new_inf = max(0, (ts.posinf + ts.neginf) - (gs.posinf + gs.neginf))
     return m
 
 

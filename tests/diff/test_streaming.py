@@ -121,3 +121,19 @@ def test_read_into_refuses_bytes_that_are_not_stored(tmp_path, gen):
     assert out.tobytes() == gd.tensor(g).reshape(-1)[12:].numpy().tobytes()
     with pytest.raises(DumpFormatError, match="not stored"):
         gd.read_into(g, 56, out)
+
+
+def test_stats_metrics_leave_unknown_statistics_out():
+    """Imported statistics may lack a norm (NaN) or counts (-1): no verdict comes from them."""
+    import dataclasses
+
+    from accdump.diff.metrics import Thresholds, Verdict, stats_metrics, verdict_of
+
+    stats = ops.tensor_stats(torch.arange(6.0))
+    unknown = dataclasses.replace(stats, l2norm=math.nan, nan=-1, posinf=-1, neginf=-1)
+    rec = type("R", (), {})
+    g, t = rec(), rec()
+    g.stats, t.stats = stats, unknown
+    m = stats_metrics(g, t)
+    assert m.norm_ratio is None and m.new_nan == 0 and m.new_inf == 0
+    assert verdict_of(m, Thresholds()) == Verdict.PASS
