@@ -7,6 +7,7 @@ import math
 from rich.console import Console
 from rich.table import Table
 
+from accdump.diff.report import shown
 from accdump.store import Role, load
 
 
@@ -21,11 +22,14 @@ def show(
     meta = dump.meta()
     steps = dump.steps()
     step_text = f"steps {steps[0]}..{steps[-1]} ({len(steps)})" if steps else "no steps"
+    # names, paths and metadata are data from the dump: never let rich read them as markup
+    about = (
+        f"mode {meta.get('mode')}, level {meta.get('level')}, recorded {meta.get('created', '?')} "
+        f"on {meta.get('device_name', '?')} (torch {meta.get('torch_version', '?')})"
+    )
     console.print(
-        f"[bold]{path}[/bold]: {len(dump)} records, ranks {dump.ranks}, {step_text}, "
-        f"{dump.nbytes() / 2**20:.1f} MiB; mode {meta.get('mode')}, level {meta.get('level')}, "
-        f"recorded {meta.get('created', '?')} on {meta.get('device_name', '?')} "
-        f"(torch {meta.get('torch_version', '?')})"
+        f"[bold]{shown(path)}[/bold]: {len(dump)} records, ranks {dump.ranks}, {step_text}, "
+        f"{dump.nbytes() / 2**20:.1f} MiB; {shown(about)}"
     )
     if name is None:
         table = Table("rank", "segments", "steps", "records", "MiB", "world size")
@@ -57,28 +61,28 @@ def show(
         "nan/inf",
         "tensor",
     )
-    shown = 0
+    listed = 0
     for rec in dump.records(rank=rank, step=step, name=name):
-        if shown == limit:
+        if listed == limit:
             console.print(f"(first {limit} records shown; use --limit)")
             break
         s = rec.stats
         table.add_row(
             str(rec.rank),
             str(rec.step),
-            rec.name or "<root>",
+            shown(rec.name) or "<root>",
             str(rec.call),
             Role(rec.role).name.lower(),
-            rec.arg,
-            rec.dtype,
+            shown(rec.arg),
+            shown(rec.dtype),
             "x".join(map(str, rec.shape)) or "()",
             _fmt(s.mean),
             _fmt(s.std),
             _fmt(s.absmax),
             f"{s.nan}/{s.posinf + s.neginf}",
-            "yes" if rec.has_tensor else (rec.hash[:12] if rec.hash else "-"),
+            "yes" if rec.has_tensor else (shown(rec.hash[:12]) if rec.hash else "-"),
         )
-        shown += 1
+        listed += 1
     console.print(table)
-    if shown == 0:
-        console.print(f"no record matches {name!r}")
+    if listed == 0:
+        console.print(f"no record matches {shown(repr(name))}")

@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from accdump.diff.report import finite_json
+from accdump.diff.report import finite_json, shown
 from accdump.quant.verify_dump import VerifyRun
 
 _STYLE = {"pass": "green", "suspicious": "yellow", "fail": "bold red"}
@@ -29,7 +29,7 @@ def print_run(run: VerifyRun, console: Console) -> None:
         what = first.check.diagnosis.description if first.check.diagnosis else "no known hypothesis matches"
         console.print(
             f"[bold red]FAIL[/bold red]: {len(failed)} of {len(run.checks)} layer calls disagree with the "
-            f"reference; first: {first.check.name} (step {first.step}): {what}"
+            f"reference; first: {shown(first.check.name)} (step {first.step}): {shown(what)}"
         )
     else:
         console.print(f"[bold green]OK[/bold green]: {len(run.checks)} layer calls match the reference")
@@ -58,25 +58,25 @@ def print_run(run: VerifyRun, console: Console) -> None:
                 )
             elif not k.passed:
                 diag = "no known hypothesis matches"
-            table.add_row(
-                k.name,
+            table.add_row(  # layer names come from the checkpoint and the dump: not markup
+                shown(k.name),
                 str(c.rank),
                 str(c.step),
-                k.format,
-                k.activation,
+                shown(k.format),
+                shown(k.activation),
                 _num(a.cosine, ".6f"),
                 _num(a.rel_l2, ".3g"),
                 _num(a.norm_ratio, ".4g"),
                 str(k.target_nan),
                 f"{k.noise_floor:.3g}",
                 f"[{_STYLE[k.verdict]}]{k.verdict}[/]",
-                diag,
+                shown(diag),
             )
         console.print(table)
     for u in run.unrecognised:
-        console.print(f"[yellow]not recognised[/yellow]: {u.reason}")
+        console.print(f"[yellow]not recognised[/yellow]: {shown(u.reason)}")
     for note in run.notes:
-        console.print(f"[dim]skipped[/dim]: {note}")
+        console.print(f"[dim]skipped[/dim]: {shown(note)}")
 
 
 def write_json(run: VerifyRun, path: str | Path) -> None:

@@ -34,6 +34,17 @@ class Verdict(IntEnum):
         return self.name.lower()
 
 
+def _limit(v: Any) -> float | None:
+    """`v` as a limit (a number or a numeric string); None for a bool, NaN or anything else."""
+    if isinstance(v, bool):
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else f
+
+
 @dataclass(frozen=True)
 class Thresholds:
     """Band limits: a pair passes when every metric is inside the `pass` limits, and so on."""
@@ -76,23 +87,24 @@ class Thresholds:
                 current = getattr(base, key, None)
                 if current is None or key == "overrides":
                     raise RulesError(f"{path}: {where}unknown threshold {key!r}")
-                try:
-                    if isinstance(current, tuple):
-                        vals = [float(v) for v in value] if isinstance(value, list) else [float(value)]
-                        changes[key] = tuple(vals + list(current[len(vals) :]))[:3]
-                    else:
-                        changes[key] = float(value)
-                except (TypeError, ValueError):
-                    raise RulesError(
-                        f"{path}: {where}{key} must be a number or a list of 3 numbers"
-                    ) from None
+                given = value if isinstance(value, list) and isinstance(current, tuple) else [value]
+                vals = [_limit(v) for v in given]  # a NaN limit would fail every record
+                if len(vals) > 3 or any(v is None for v in vals):
+                    raise RulesError(f"{path}: {where}{key} must be a number or a list of 3 numbers")
+                if isinstance(current, tuple):
+                    changes[key] = tuple(vals + list(current[len(vals) :]))
+                else:
+                    changes[key] = vals[0]
             return replace(base, **changes)
 
         top = build(cls(), data, "")
         overrides = []
-        for i, item in enumerate(data.get("overrides", []) or []):
-            if not isinstance(item, dict) or "glob" not in item:
-                raise RulesError(f"{path}: override {i} needs a 'glob'")
+        items = data.get("overrides") or []
+        if not isinstance(items, list):
+            raise RulesError(f"{path}: overrides must be a list of {{glob: ..., limits...}}")
+        for i, item in enumerate(items):
+            if not isinstance(item, dict) or not isinstance(item.get("glob"), str):
+                raise RulesError(f"{path}: override {i} needs a 'glob' (a string)")
             overrides.append((str(item["glob"]), build(replace(top, overrides=()), item, f"override {i}: ")))
         return replace(top, overrides=tuple(overrides))
 
@@ -235,9 +247,19 @@ def from_pair_metrics(pm: ops.PairMetrics, nan: tuple[int, int], inf: tuple[int,
     m.cosine, m.rel_l2, m.norm_ratio, m.sqnr_db = pm.cosine, pm.rel_l2, pm.norm_ratio, pm.sqnr_db
     m.max_abs_diff = pm.max_abs_diff
     m.allclose_fail_fraction = pm.allclose_fail_fraction
-    m.new_nan = max(0, nan[1] - nan[0]) if pm.nan_mismatch else 0
-    m.new_inf = max(0, inf[1] - inf[0]) if pm.inf_mismatch else 0
+    m.new_nan = _target_only(pm.nan_mismatch, *nan)
+    m.new_inf = _target_only(pm.inf_mismatch, *inf)
     return m
+
+
+def _target_only(mismatch: int, golden: int, target: int) -> int:
+    """Positions where the target holds a NaN (an Inf) that the golden does not, from the positions
+    that differ and each side's count: (mismatch + target - golden) / 2. A count difference alone
+    misses a NaN that moved; an Inf whose sign flipped counts in both, hence rounding up. Counts
+    of -1 (not known: imported statistics) give 0, as stats_metrics does."""
+    if golden < 0 or target < 0:
+        return 0
+    return min(mismatch, max(0, (mismatch + target - golden + 1) // 2))
 
 
 def worst_rows(cosine: torch.Tensor, k: int = 5) -> list[tuple[int, float]]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from accdump.diff.comparison import PAIR_COLUMNS, CompareResult, Pair
@@ -24,6 +25,15 @@ STYLE = {
     Verdict.CATASTROPHIC: "bold red",
     Verdict.MISMATCH: "magenta",
 }
+
+
+# C0 controls, DEL and C1 controls: a name holding them could drive the reader's terminal
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+
+
+def shown(text: str) -> str:
+    """`text` from a dump (a name, a path) for rich: control characters as \\xNN, markup escaped."""
+    return escape(text.translate(_CONTROLS))
 
 
 def _f(v: Any, fmt: str = ".4f") -> str:
@@ -44,9 +54,10 @@ def neighbourhood(result: CompareResult, width: int = 8) -> list[Pair]:
 
 
 def print_summary(result: CompareResult, console: Console) -> None:
-    console.print(f"[bold]{result.verdict_line()}[/bold]")
+    # record names and paths are data from the dumps: never let rich read them as markup
+    console.print(f"[bold]{shown(result.verdict_line())}[/bold]")
     for finding in result.findings:
-        console.print(f"[yellow]{finding}[/yellow]")
+        console.print(f"[yellow]{shown(finding)}[/yellow]")
     if result.first_token_diff:
         tok = result.first_token_diff
         console.print(
@@ -57,7 +68,7 @@ def print_summary(result: CompareResult, console: Console) -> None:
     if d is not None:
         if d.inputs:
             ins = ", ".join(f"{p.target.arg}: {p.verdict.label}" for p in d.inputs)
-            console.print(f"Inputs of {d.pair.target.name or '<root>'}: {ins}")
+            console.print(shown(f"Inputs of {d.pair.target.name or '<root>'}: {ins}"))
         m = d.pair.metrics
         if m is not None and m.rows_cosine_worst:
             rows = ", ".join(f"row {r} cos {c:.4f}" for r, c in m.rows_cosine_worst)
@@ -87,11 +98,11 @@ def print_summary(result: CompareResult, console: Console) -> None:
         marker = " <-" if d is not None and p is d.pair else ""
         table.add_row(
             str(t.step),
-            (t.name or "<root>") + marker,
+            shown(t.name or "<root>") + marker,
             str(t.call),
             t.role.name.lower(),
-            t.arg,
-            f"{p.golden.dtype}/{t.dtype}",
+            shown(t.arg),
+            shown(f"{p.golden.dtype}/{t.dtype}"),
             _f(m.cosine if m else None),
             _f(m.norm_ratio if m else None),
             _f(m.rel_l2 if m else None, ".3g"),
@@ -99,7 +110,7 @@ def print_summary(result: CompareResult, console: Console) -> None:
         )
     console.print(table)
     console.print(
-        f"{len(result.pairs)} pairs compared; {result.steps_note}; "
+        f"{len(result.pairs)} pairs compared; {shown(result.steps_note)}; "
         f"{len(result.only_golden)} records only in golden, {len(result.only_target)} only in target"
     )
 
@@ -168,11 +179,9 @@ def _plots(result: CompareResult) -> list[tuple[str, str]]:
     if d is not None and d.token_cosine:
         fig, ax = plt.subplots(figsize=(11, 3))
         ax.plot(range(len(d.token_cosine)), d.token_cosine, marker=".")
-        ax.set(
-            title=f"{d.pair.target.name}: cosine per row (token), golden vs target",
-            xlabel="row",
-            ylabel="cosine",
-        )
+        # parse_math off: a name holding '$...$' is text, not mathtext (which can fail to parse)
+        ax.set_title(f"{d.pair.target.name}: cosine per row (token), golden vs target", parse_math=False)
+        ax.set(xlabel="row", ylabel="cosine")
         plots.append(("Per token at the first divergence", _png(fig)))
         plt.close(fig)
     return plots

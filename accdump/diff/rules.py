@@ -23,9 +23,11 @@ class RulesError(AccdumpError, ValueError):
 def read_structured(p: Path) -> Any:
     """The content of a YAML (.yaml/.yml) or JSON file; RulesError naming the file otherwise."""
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise RulesError(f"cannot read {p}: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise RulesError(f"{p}: not UTF-8 text: {exc}") from exc
     try:
         if p.suffix in (".yaml", ".yml"):
             import yaml
@@ -70,8 +72,18 @@ class RenameRules:
                 pat, repl = item
             else:
                 raise RulesError(f"{p}: rule {i} must be {{pattern: ..., replacement: ...}}, got {item!r}")
+            if not isinstance(pat, str) or not isinstance(repl, str):
+                raise RulesError(
+                    f"{p}: rule {i}: pattern and replacement must be strings (quote them in YAML), "
+                    f"got {pat!r} -> {repl!r}"
+                )
             try:
-                rules.append((re.compile(str(pat)), str(repl)))
+                compiled = re.compile(pat)
             except re.error as exc:
                 raise RulesError(f"{p}: rule {i}: bad regular expression {pat!r}: {exc}") from exc
+            try:  # parses the replacement: a bad group reference fails here, not in mid-compare
+                compiled.sub(repl, "")
+            except (re.error, IndexError) as exc:
+                raise RulesError(f"{p}: rule {i}: bad replacement {repl!r}: {exc}") from exc
+            rules.append((compiled, repl))
         return cls(tuple(rules))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -26,8 +28,10 @@ def tensor_to_bytes(t: torch.Tensor) -> np.ndarray:
 
 def tensor_from_bytes(raw: np.ndarray, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
     """A tensor of `dtype` and `shape` whose bits are `raw` (uint8)."""
+    if any(s < 0 for s in shape):
+        raise DumpFormatError(f"negative dimension in the stored shape {list(shape)}")
     u8 = torch.from_numpy(np.ascontiguousarray(raw, dtype=np.uint8))
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: a damaged shape cannot overflow
     if u8.numel() != expected:
         raise DumpFormatError(
             f"stored tensor has {u8.numel()} bytes, expected {expected} for {dtype} {list(shape)}"

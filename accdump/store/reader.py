@@ -76,6 +76,8 @@ class Segment:
     def __init__(self, path: Path, rank: int):
         self.path = path
         self.rank = rank
+        if not path.is_file():  # opening a FIFO or a device named like a segment could block forever
+            raise DumpFormatError(f"{path}: not a regular file")
         try:
             with h5py.File(path, "r") as f:
                 self.attrs = {k: _attr(v) for k, v in f.attrs.items()}
@@ -92,7 +94,10 @@ class Segment:
                 if RECORDS not in f or HEAP not in f:
                     raise DumpFormatError(f"{path}: missing the {RECORDS!r} or {HEAP!r} dataset")
                 rows = f[RECORDS][...]
-                self.heap_size = int(f[HEAP].shape[0])
+                heap = f[HEAP]
+                if not isinstance(heap, h5py.Dataset) or heap.ndim != 1 or heap.dtype != np.uint8:
+                    raise DumpFormatError(f"{path}: the {HEAP!r} dataset is not a 1-d uint8 array")
+                self.heap_size = int(heap.shape[0])
         except DumpFormatError:
             raise
         except Exception as exc:  # h5py raises OSError / KeyError / ValueError on damaged files
@@ -106,7 +111,7 @@ class Segment:
         for i, r in enumerate(self.rows):
             try:
                 rec = self._record(r)
-            except (ValueError, UnicodeDecodeError) as exc:
+            except (ValueError, OverflowError, UnicodeDecodeError) as exc:
                 raise DumpFormatError(f"{self.path}: record {i} is corrupt: {exc}") from exc
             if rec.heap_offset >= 0 and (
                 rec.heap_offset + rec.heap_nbytes > self.heap_size or rec.heap_nbytes < 0
@@ -201,7 +206,12 @@ class Dump:
         meta = {k: v for k, v in segs[0].attrs.items() if k not in ("segment", "steps")}
         for key in ("command_line", "user_metadata"):
             if isinstance(meta.get(key), str):
-                meta[key] = json.loads(meta[key])
+                try:
+                    meta[key] = json.loads(meta[key])
+                except ValueError as exc:
+                    raise DumpFormatError(
+                        f"{segs[0].path}: attribute {key!r} is not valid JSON: {exc}"
+                    ) from exc
         return meta
 
     def steps(self, rank: int | None = None) -> list[int]:

@@ -32,10 +32,16 @@ _Attr = tuple[str, np.ndarray, Any, Any]
 
 
 def _prepared_attrs(attrs: dict[str, Any]) -> list[_Attr]:
-    """(name, value, file type, memory type) of each attribute, typed as `f.attrs[k] = v` types it."""
+    """(name, value, file type, memory type) of each attribute. Strings are fixed-length UTF-8:
+    variable-length ones live in HDF5's global heap, which no checksum covers, and a damaged
+    length there hangs or crashes libhdf5 on read."""
     out = []
     for key, value in attrs.items():
-        data = np.array(value, dtype=h5py.string_dtype()) if isinstance(value, str) else np.asarray(value)
+        if isinstance(value, str):
+            raw = value.encode("utf-8")
+            data = np.array(raw, dtype=h5py.string_dtype("utf-8", max(1, len(raw))))
+        else:
+            data = np.asarray(value)
         out.append((key, data, h5py.h5t.py_create(data.dtype, logical=True), h5py.h5t.py_create(data.dtype)))
     return out
 
@@ -97,14 +103,17 @@ class SegmentWriter:
         final = self.dir / f"seg{self._seq:08d}.h5"
         tmp = self.dir / f".seg{self._seq:08d}.h5.tmp"
         try:
-            with h5py.File(tmp, "w") as f:
+            # the HDF5 1.10 file format checksums every metadata block: a damaged segment is then
+            # reported as such, where the default (1.0) format lets libhdf5 parse garbage and crash
+            with h5py.File(tmp, "w", libver=("v110", "latest")) as f:
                 segment_attrs = {**attrs, "segment": self._seq}
                 _write_attrs(f, [a for a in self._prepared_run_attrs if a[0] not in segment_attrs])
                 _write_attrs(f, _prepared_attrs(segment_attrs))
                 # Fletcher-32 checksums per chunk: flipped bits are reported on read, never returned
                 f.create_dataset(RECORDS, data=rows, fletcher32=len(rows) > 0)
                 total = sum(int(h.size) for h in heap)
-                chunk = (min(total, 1 << 20),) if total else None
+                # equal chunks of at most 1 MiB: a filtered dataset stores a partial last chunk whole
+                chunk = (-(-total // -(-total // (1 << 20))),) if total else None
                 ds = f.create_dataset(
                     HEAP, shape=(total,), dtype=np.uint8, chunks=chunk, fletcher32=total > 0
                 )
@@ -125,7 +134,8 @@ class SegmentWriter:
         except Exception as exc:  # h5py reports a full disk as OSError or RuntimeError
             with contextlib.suppress(OSError):
                 tmp.unlink()
-            raise RecordWriteError(f"writing {final} failed: {exc}") from exc
+            # HDF5's messages hold newlines (a ctime() stamp): the error is reported on one line
+            raise RecordWriteError(f"writing {final} failed: {' '.join(str(exc).split())}") from exc
         self._seq += 1
         return final
 
