@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import re
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import accdump.importers
 from accdump.cli.main import main
 
 from ._models import BUGGY, module_names, record_golden, run
@@ -57,9 +59,11 @@ def test_import_then_show_and_compare(tmp_path, monkeypatch, capsys):
 def test_list_presets(monkeypatch, capsys):
     code, out, _ = cli(monkeypatch, capsys, "import", "--list-presets")
     assert code == 0
-    flat = re.sub(r"[\s│┃|]", "", out)  # long paths wrap inside their table cell
-    for name in ("msprobe", "sglang", "trtllm", "trtllm-torch", "trtllm_torch.yaml"):
+    flat = re.sub(r"[\s│┃|]", "", out)  # long cells wrap (or are cut) inside the table
+    for name in ("msprobe", "sglang", "trtllm", "trtllm-torch"):
         assert name in flat
+    rules = Path(accdump.importers.__file__).parent / "rules"
+    assert (rules / "trtllm_torch.yaml").is_file() and (rules / "msprobe.yaml").is_file()
 
 
 @pytest.mark.parametrize(
