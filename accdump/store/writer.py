@@ -8,6 +8,7 @@ complete files. A lock file keeps two recorders out of one rank directory.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -57,6 +58,36 @@ def _write_attrs(f: h5py.File, attrs: list[_Attr]) -> None:
             attr.close()
 
 
+# the HDF5 1.10 file format checksums every metadata block: a damaged segment is then reported as
+# such, where the default (1.0) format lets libhdf5 parse garbage and crash
+_LIBVER: dict[str, Any] = {"libver": ("v110", "latest")}
+IMAGE_LIMIT = 256 << 20  # segments up to this size are built in memory, then written
+
+
+def _write_file(path: Path, data: bytes) -> float:
+    """Writes `data` to a new file at `path` and fsyncs it (a full disk raises OSError here);
+    returns the seconds the fsync took."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        t0 = time.perf_counter()
+        os.fsync(fd)
+        return time.perf_counter() - t0
+    finally:
+        os.close(fd)
+
+
+def _check_room(directory: Path, nbytes: int) -> None:
+    st = os.statvfs(directory)
+    free = st.f_bavail * st.f_frsize
+    if free < nbytes:
+        raise OSError(
+            errno.ENOSPC, f"No space left on device: {nbytes} bytes needed, {free} free", str(directory)
+        )
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -99,35 +130,35 @@ class SegmentWriter:
             old.unlink()
 
     def write(self, rows: np.ndarray, heap: list[np.ndarray], attrs: dict[str, Any]) -> Path:
-        """Writes one segment: `rows` (schema.record_dtype) and the concatenated `heap` byte arrays."""
+        """Writes one segment: `rows` (schema.record_dtype) and the concatenated `heap` byte arrays.
+
+        The segment is built in memory and written with plain writes (up to IMAGE_LIMIT bytes):
+        libhdf5 then never meets a write error, which it does not survive (after a failed write
+        on a full disk it crashes the process later, when its objects are freed). A bigger
+        segment is written by libhdf5 directly, after checking that the disk has room for it."""
         final = self.dir / f"seg{self._seq:08d}.h5"
         tmp = self.dir / f".seg{self._seq:08d}.h5.tmp"
+        heap_bytes = sum(int(h.size) for h in heap)
+        estimate = int(rows.nbytes) + heap_bytes + (1 << 20)
         try:
-            # the HDF5 1.10 file format checksums every metadata block: a damaged segment is then
-            # reported as such, where the default (1.0) format lets libhdf5 parse garbage and crash
-            with h5py.File(tmp, "w", libver=("v110", "latest")) as f:
-                segment_attrs = {**attrs, "segment": self._seq}
-                _write_attrs(f, [a for a in self._prepared_run_attrs if a[0] not in segment_attrs])
-                _write_attrs(f, _prepared_attrs(segment_attrs))
-                # Fletcher-32 checksums per chunk: flipped bits are reported on read, never returned
-                f.create_dataset(RECORDS, data=rows, fletcher32=len(rows) > 0)
-                total = sum(int(h.size) for h in heap)
-                # equal chunks of at most 1 MiB: a filtered dataset stores a partial last chunk whole
-                chunk = (-(-total // -(-total // (1 << 20))),) if total else None
-                ds = f.create_dataset(
-                    HEAP, shape=(total,), dtype=np.uint8, chunks=chunk, fletcher32=total > 0
-                )
-                offset = 0
-                for h in heap:
-                    if h.size:
-                        ds[offset : offset + h.size] = h
-                    offset += int(h.size)
+            if estimate <= IMAGE_LIMIT:
+                with h5py.File(tmp.name, "w", driver="core", backing_store=False, **_LIBVER) as f:
+                    self._fill(f, rows, heap, heap_bytes, attrs)
+                    f.flush()
+                    image = f.id.get_file_image()
+                self.seconds_fsync += _write_file(tmp, image)
+            else:
+                _check_room(self.dir, estimate)
+                with h5py.File(tmp, "w", **_LIBVER) as f:
+                    self._fill(f, rows, heap, heap_bytes, attrs)
+                t0 = time.perf_counter()
+                fd = os.open(tmp, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                self.seconds_fsync += time.perf_counter() - t0
             t0 = time.perf_counter()
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
             os.replace(tmp, final)
             _fsync_dir(self.dir)
             self.seconds_fsync += time.perf_counter() - t0
@@ -138,6 +169,23 @@ class SegmentWriter:
             raise RecordWriteError(f"writing {final} failed: {' '.join(str(exc).split())}") from exc
         self._seq += 1
         return final
+
+    def _fill(
+        self, f: h5py.File, rows: np.ndarray, heap: list[np.ndarray], total: int, attrs: dict[str, Any]
+    ) -> None:
+        segment_attrs = {**attrs, "segment": self._seq}
+        _write_attrs(f, [a for a in self._prepared_run_attrs if a[0] not in segment_attrs])
+        _write_attrs(f, _prepared_attrs(segment_attrs))
+        # Fletcher-32 checksums per chunk: flipped bits are reported on read, never returned
+        f.create_dataset(RECORDS, data=rows, fletcher32=len(rows) > 0)
+        # equal chunks of at most 1 MiB: a filtered dataset stores a partial last chunk whole
+        chunk = (-(-total // -(-total // (1 << 20))),) if total else None
+        ds = f.create_dataset(HEAP, shape=(total,), dtype=np.uint8, chunks=chunk, fletcher32=total > 0)
+        offset = 0
+        for h in heap:
+            if h.size:
+                ds[offset : offset + h.size] = h
+            offset += int(h.size)
 
     def close(self) -> None:
         if self._lock_fd >= 0:

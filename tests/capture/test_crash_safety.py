@@ -20,6 +20,7 @@ from torch import nn
 import accdump
 import accdump.store.writer as store_writer
 from accdump import ops
+from accdump.capture import writer_thread
 from accdump.store import Role
 
 SEED = 1234
@@ -127,7 +128,9 @@ def test_sigkill_keeps_every_completed_step_readable(tmp_path, delay):
 
 @pytest.fixture
 def disk_full_from_third_segment(monkeypatch):
-    """h5py.File raises ENOSPC for the writer's third and later segments; reading still works."""
+    """h5py.File raises ENOSPC for the writer's third and later segments (one step each); reading
+    still works."""
+    monkeypatch.setattr(writer_thread, "MAX_BATCH_STEPS", 1)
     real = store_writer.h5py.File
     opened = {"w": 0}
 

@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import accdump
 from accdump.store import FORMAT_NAME, FORMAT_VERSION
+from accdump.store.schema import record_dtype
 from accdump.store.writer import SegmentWriter
 
 SEED = 1234
@@ -68,9 +71,13 @@ def _read_all(path: Path) -> list[tuple]:
 
 
 @pytest.fixture
-def good_dump(tmp_path) -> Path:
-    path = tmp_path / "good"
-    _record(path)
+def good_dump(tmp_path, monkeypatch) -> Path:
+    from accdump.capture import writer_thread
+
+    with monkeypatch.context() as m:
+        m.setattr(writer_thread, "MAX_BATCH_STEPS", 1)  # one segment per step, as the tests expect
+        path = tmp_path / "good"
+        _record(path)
     return path
 
 
@@ -346,3 +353,44 @@ def test_refused_recorder_leaves_no_active_recorder(good_dump, tmp_path):
     with accdump.record(None, tmp_path / "other", mode="tensor"):
         accdump.probe("p", torch.ones(2))
     assert [r.name for r in accdump.load(tmp_path / "other").records()] == ["p"]
+
+
+# --- segments too big to build in memory -----------------------------------------------------
+
+
+@pytest.mark.parametrize("limit", [None, 0], ids=["in-memory", "direct"])
+def test_both_write_paths_give_the_same_records_and_tensors(tmp_path, monkeypatch, limit):
+    from accdump.store import writer
+
+    if limit is not None:
+        monkeypatch.setattr(writer, "IMAGE_LIMIT", limit)
+    _record(tmp_path / "d")
+    dump = accdump.load(tmp_path / "d")
+    model, x = _model()
+    recs = [r for r in dump.records(step=0) if r.name == "" and r.role == accdump.store.Role.INPUT]
+    assert dump.steps() == [0, 1, 2] and recs and torch.equal(dump.tensor(recs[0]), x)
+    names = sorted(p.name for p in (tmp_path / "d" / "rank00000").iterdir())
+    assert names[-1] == "writer.lock" and names[0] == "seg00000000.h5"
+    assert all(re.fullmatch(r"seg\d{8}\.h5", n) for n in names[:-1])  # no temporary file left
+
+
+def test_a_big_segment_without_room_on_disk_is_refused_before_hdf5_writes(tmp_path, monkeypatch):
+    from accdump.store import writer
+
+    monkeypatch.setattr(writer, "IMAGE_LIMIT", 0)
+    real = os.statvfs
+
+    class Full:
+        def __init__(self, st: os.statvfs_result):
+            self.f_frsize, self.f_bavail = st.f_frsize, 1
+
+    monkeypatch.setattr(writer.os, "statvfs", lambda p: Full(real(p)))
+    attrs = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION}
+    w = SegmentWriter(tmp_path / "d", 0, attrs)
+    try:
+        with pytest.raises(accdump.RecordWriteError, match="No space left on device: .* bytes needed") as exc:
+            w.write(np.zeros(0, dtype=record_dtype({}, 1)), [np.ones(4096, dtype=np.uint8)], {"steps": [0]})
+        assert "seg00000000.h5" in str(exc.value)
+    finally:
+        w.close()
+    assert sorted(p.name for p in (tmp_path / "d" / "rank00000").iterdir()) == ["writer.lock"]
