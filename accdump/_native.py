@@ -30,9 +30,16 @@ def _load() -> None:
         _kind = _build_info.EXTENSION_KIND
     except ImportError:
         _kind = "cpu"
+    try:
+        from accdump import _fakes  # noqa: F401  (registers fake kernels once the ops exist)
+    except RuntimeError as exc:  # an op missing: the build predates this source
+        _reason = (
+            f"accdump._C is out of date ({' '.join(str(exc).split())}): rebuild it "
+            "(pip install --no-build-isolation -e . or make setup)"
+        )
+        return
     _loaded = True
     _reason = f"accdump._C loaded ({_kind} build)"
-    from accdump import _fakes  # noqa: F401  (registers fake kernels once the ops exist)
 
 
 _load()

@@ -146,8 +146,8 @@ def tensor_stats_multi_raw(xs: Sequence[torch.Tensor], backend: Backend = "auto"
     return reference.tensor_stats_multi(xs)
 
 
-# Bytes of the workspace tensor_stats_into needs (csrc/stats.h: 16-byte header + 2048 partials).
-STATS_WORKSPACE_BYTES = 16 + 2048 * 96
+# Bytes of the workspace tensor_stats_into needs (csrc/stats.h: 256-byte header + 2048 partials).
+STATS_WORKSPACE_BYTES = 256 + 2048 * 96
 
 
 def stats_workspace(device: torch.device | str) -> torch.Tensor:
@@ -173,6 +173,30 @@ def tensor_stats_into(
         return
     _check_dtype(x, STATS_DTYPES, "tensor_stats_into", "x")
     reference.tensor_stats_into(x, out, row, workspace)
+
+
+def tensor_stats_multi_into(
+    xs: Sequence[torch.Tensor],
+    out: torch.Tensor,
+    rows: Sequence[int],
+    workspace: torch.Tensor | None = None,
+    backend: Backend = "auto",
+) -> None:
+    """tensor_stats_into of each xs[i] into out[rows[i]], bit-identical to it, in one launch per
+    24 tensors on CUDA (no allocation and no upload with a workspace: made for CUDA graphs)."""
+    if len(xs) != len(rows):
+        raise OpInputError(f"accdump.tensor_stats_multi_into: {len(xs)} tensors but {len(rows)} rows")
+    if not xs:
+        return
+    if _use_native(backend, out.device, "tensor_stats_multi_into"):
+        try:
+            torch.ops.accdump.tensor_stats_multi_into.default(list(xs), out, list(rows), workspace)
+        except RuntimeError as exc:
+            raise _native_errors_typed("tensor_stats_multi_into", exc) from None
+        return
+    for i, x in enumerate(xs):
+        _check_dtype(x, STATS_DTYPES, "tensor_stats_multi_into", f"xs[{i}]")
+    reference.tensor_stats_multi_into(xs, out, rows, workspace)
 
 
 def tensor_fingerprint_into(x: torch.Tensor, out: torch.Tensor, row: int, backend: Backend = "auto") -> None:

@@ -201,6 +201,22 @@ def main() -> None:
         timer(dev, lambda: [eager_stats(s) for s in small], 10),
         timer(dev, lambda: [compiled_stats(s) for s in small], 10) if compiled_stats else None,
     )
+    ws = ops.stats_workspace(dev)
+    rows_out = torch.zeros(len(small), len(ops.STATS_FIELDS), dtype=torch.float64, device=dev)
+    rows = list(range(len(small)))
+    rows_src = small
+    add(
+        "tensor_stats_multi_into",
+        "512 x [1,4096]",
+        nbytes,
+        timer(dev, lambda: ops.tensor_stats_multi_into(small, rows_out, rows, ws, backend), 50),
+        timer(
+            dev,
+            lambda: [ops.tensor_stats_into(s, rows_out, i, ws, backend) for i, s in enumerate(rows_src)],
+            10,
+        ),
+        None,
+    )
 
     name = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
     table = Table(

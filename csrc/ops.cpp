@@ -28,6 +28,10 @@ TORCH_LIBRARY(accdump, m) {
   // safe inside CUDA graph capture.
   m.def("tensor_stats_into(Tensor x, Tensor(a!) out, int row, Tensor(b!)? workspace=None) -> ()");
   m.def("stats_workspace_size() -> int", &accdump_stats_workspace_size);
+  // tensor_stats_into for many tensors: xs[i] into out[rows[i]], in one launch per 24 tensors
+  // (descriptors passed as kernel parameters: nothing uploaded, safe inside CUDA graph capture),
+  // bit-identical to tensor_stats_into of each. The recorder's path inside CUDA graphs.
+  m.def("tensor_stats_multi_into(Tensor[] xs, Tensor(a!) out, int[] rows, Tensor(b!)? workspace=None) -> ()");
   // A 128-bit fingerprint of x's bytes in logical order into out[row] (int64 [R, 2]), for
   // bit-exactness checks between runs: lane k = numel + sum over 8-byte words w_i (zero-padded) of
   // mix_k(w_i, i) with wrap-around; the same function as accdump.capture.fingerprint.

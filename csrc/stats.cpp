@@ -52,6 +52,27 @@ TensorDesc check_stats_into(const at::Tensor& x, const at::Tensor& out, int64_t 
   return *d;
 }
 
+std::vector<TensorDesc> check_stats_multi_into(at::TensorList xs, const at::Tensor& out, at::IntArrayRef rows,
+                                               const std::optional<at::Tensor>& workspace,
+                                               std::vector<at::Tensor>& keep) {
+  TORCH_CHECK(xs.size() == rows.size(), "accdump.tensor_stats_multi_into: ", std::to_string(xs.size()),
+              " tensors but ", std::to_string(rows.size()), " rows");
+  std::vector<TensorDesc> descs;
+  descs.reserve(xs.size());
+  keep.resize(xs.size());
+  for (size_t i = 0; i < xs.size(); ++i) {
+    try {
+      descs.push_back(check_stats_into(xs[i], out, rows[i], workspace, keep[i]));
+    } catch (const c10::Error& e) {
+      std::string msg = e.what_without_backtrace();
+      const std::string prefix = "accdump.tensor_stats_into: ";
+      if (msg.rfind(prefix, 0) == 0) msg = msg.substr(prefix.size());
+      TORCH_CHECK(false, "accdump.tensor_stats_multi_into: xs[", std::to_string(i), "]: ", msg);
+    }
+  }
+  return descs;
+}
+
 at::Tensor check_fingerprint_into(const at::Tensor& x, const at::Tensor& out, int64_t row) {
   const char* op = "accdump.tensor_fingerprint_into: ";
   TORCH_CHECK(out.scalar_type() == at::kLong && out.dim() == 2 && out.size(1) == 2 && out.is_contiguous(), op,
@@ -71,6 +92,13 @@ void tensor_stats_into_cpu(const at::Tensor& x, at::Tensor& out, int64_t row,
   at::Tensor keep;
   const TensorDesc d = check_stats_into(x, out, row, workspace, keep);
   tensor_stats_cpu_kernel(d, out.data_ptr<double>() + row * kStatsFields);
+}
+
+void tensor_stats_multi_into_cpu(at::TensorList xs, at::Tensor& out, at::IntArrayRef rows,
+                                 const std::optional<at::Tensor>& workspace) {
+  std::vector<at::Tensor> keep;
+  const auto descs = check_stats_multi_into(xs, out, rows, workspace, keep);
+  for (size_t i = 0; i < descs.size(); ++i) tensor_stats_cpu_kernel(descs[i], out.data_ptr<double>() + rows[i] * kStatsFields);
 }
 
 void tensor_fingerprint_into_cpu(const at::Tensor& x, at::Tensor& out, int64_t row) {
@@ -108,6 +136,7 @@ TORCH_LIBRARY_IMPL(accdump, CPU, m) {
   m.impl("tensor_stats", &tensor_stats_cpu);
   m.impl("tensor_stats_multi", &tensor_stats_multi_cpu);
   m.impl("tensor_stats_into", &tensor_stats_into_cpu);
+  m.impl("tensor_stats_multi_into", &tensor_stats_multi_into_cpu);
   m.impl("tensor_fingerprint_into", &tensor_fingerprint_into_cpu);
 }
 

@@ -126,9 +126,19 @@ void launch_tensor_stats_cuda(const TensorDesc* descs, const int64_t* block_begi
                               cudaStream_t stream);
 
 // Single-launch statistics of one tensor into out[kStatsFields]: `workspace` starts with a
-// zeroed completion counter (16 bytes) followed by room for stats_blocks_for(values) partials;
+// zeroed header of completion counters (kStatsWorkspaceHeader bytes) followed by room for stats_blocks_for(values) partials;
 // the last block to finish merges them in fixed order and resets the counter.
 void launch_tensor_stats_into_cuda(const TensorDesc& d, void* workspace, double* out, cudaStream_t stream);
+
+// Tensors one tensor_stats_multi_into launch takes: their descriptors travel as kernel
+// parameters (no upload, so the launch can be captured into a CUDA graph), within 4 KiB.
+constexpr int kStatsMultiInto = 24;
+
+// Statistics of n tensors into out[rows[i]][kStatsFields], in as few launches as the workspace
+// allows (each launch: at most kStatsMultiInto tensors and kStatsMaxBlocks blocks). Each tensor
+// gets the blocks and merge order of launch_tensor_stats_into_cuda: the same bits.
+void launch_tensor_stats_multi_into_cuda(const TensorDesc* descs, const int64_t* rows, int64_t n, void* workspace,
+                                         double* out, cudaStream_t stream);
 
 // The fingerprint's mixing of word `w` at word index `i` for one lane (m1, m2): unsigned
 // arithmetic wraps exactly like torch's int64 ops; the shift is arithmetic as in torch.
@@ -148,7 +158,8 @@ void launch_fingerprint_cuda(const void* data, int64_t nbytes, int64_t numel, vo
                              cudaStream_t stream);
 
 constexpr int64_t kStatsMaxBlocks = 2048;
-constexpr int64_t kStatsWorkspaceHeader = 16;
+constexpr int64_t kStatsWorkspaceHeader = 256;  // one 4-byte completion counter per tensor of a launch
+static_assert(kStatsWorkspaceHeader >= 4 * kStatsMultiInto, "a counter per tensor of a multi launch");
 
 // Bytes of the workspace tensor_stats_into needs.
 inline int64_t stats_workspace_bytes() {

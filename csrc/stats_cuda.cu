@@ -241,6 +241,83 @@ void launch_tensor_stats_cuda(const TensorDesc* descs, const int64_t* block_begi
 namespace accdump {
 namespace {
 
+struct MultiIntoParams {
+  TensorDesc desc[kStatsMultiInto];
+  int32_t row[kStatsMultiInto];
+  int32_t begin[kStatsMultiInto + 1];  // blocks begin[t] .. begin[t+1] read tensor t
+};
+static_assert(sizeof(MultiIntoParams) <= 4000, "kernel parameters stay within 4 KiB");
+
+// Like stats_into_kernel, for several tensors at once: each block finds its tensor, the last
+// block of a tensor merges that tensor's partials (same blocks, same order: the same bits).
+__global__ void __launch_bounds__(kThreads) stats_multi_into_kernel(const __grid_constant__ MultiIntoParams p,
+                                                                    unsigned* counters, StatsAcc* partials,
+                                                                    double* out) {
+  __shared__ StatsAcc smem[32];
+  __shared__ bool is_last;
+  int t = 0;
+  while (static_cast<int32_t>(blockIdx.x) >= p.begin[t + 1]) ++t;
+  const TensorDesc& d = p.desc[t];
+  const int32_t part = static_cast<int32_t>(blockIdx.x) - p.begin[t];
+  const int32_t parts = p.begin[t + 1] - p.begin[t];
+  double* o = out + static_cast<int64_t>(p.row[t]) * kStatsFields;
+  StatsAcc acc;
+  acc.init();
+  ACCDUMP_DISPATCH_DTYPE(d.dtype, accumulate<DT>(d, part, parts, acc));
+  block_merge(acc, smem);
+  if (parts == 1) {
+    if (threadIdx.x == 0) finalize_tensor(d, acc, o);
+    return;
+  }
+  if (threadIdx.x == 0) {
+    partials[blockIdx.x] = acc;
+    __threadfence();
+    is_last = atomicAdd(counters + t, 1u) == static_cast<unsigned>(parts - 1);
+  }
+  __syncthreads();
+  if (!is_last) return;
+  __threadfence();
+  StatsAcc total;
+  total.init();
+  for (int32_t b = threadIdx.x; b < parts; b += blockDim.x) total.merge(load_partial(partials + p.begin[t] + b));
+  block_merge(total, smem);
+  if (threadIdx.x == 0) {
+    finalize_tensor(d, total, o);
+    counters[t] = 0;  // ready for the next launch on this stream
+  }
+}
+
+}  // namespace
+
+void launch_tensor_stats_multi_into_cuda(const TensorDesc* descs, const int64_t* rows, int64_t n, void* workspace,
+                                         double* out, cudaStream_t stream) {
+  auto* counters = static_cast<unsigned*>(workspace);
+  auto* partials = reinterpret_cast<StatsAcc*>(static_cast<char*>(workspace) + kStatsWorkspaceHeader);
+  MultiIntoParams p{};
+  int k = 0;
+  auto launch = [&]() {
+    if (k == 0) return;
+    stats_multi_into_kernel<<<static_cast<unsigned>(p.begin[k]), kThreads, 0, stream>>>(p, counters, partials, out);
+    ACCDUMP_LAUNCH_CHECK();
+    k = 0;
+  };
+  for (int64_t i = 0; i < n; ++i) {
+    const auto blocks = static_cast<int32_t>(stats_blocks_for(descs[i].numel * values_per_element(descs[i].dtype)));
+    if (k == kStatsMultiInto || (k > 0 && p.begin[k] + blocks > kStatsMaxBlocks)) launch();
+    if (k == 0) p.begin[0] = 0;
+    p.desc[k] = descs[i];
+    p.row[k] = static_cast<int32_t>(rows[i]);
+    p.begin[k + 1] = p.begin[k] + blocks;
+    ++k;
+  }
+  launch();
+}
+
+}  // namespace accdump
+
+namespace accdump {
+namespace {
+
 __global__ void __launch_bounds__(kThreads) fingerprint_kernel(const unsigned char* data, int64_t nbytes,
                                                                int64_t numel, unsigned* counter,
                                                                unsigned long long* partials, int64_t* out) {

@@ -73,6 +73,18 @@ void tensor_stats_into_cuda(const at::Tensor& x, at::Tensor& out, int64_t row,
   launch_tensor_stats_into_cuda(d, ws, out.data_ptr<double>() + row * kStatsFields, stream.stream());
 }
 
+void tensor_stats_multi_into_cuda(at::TensorList xs, at::Tensor& out, at::IntArrayRef rows,
+                                  const std::optional<at::Tensor>& workspace) {
+  std::vector<at::Tensor> keep;
+  const auto descs = check_stats_multi_into(xs, out, rows, workspace, keep);
+  if (descs.empty()) return;
+  const c10::cuda::CUDAGuard guard(out.device());
+  const auto stream = at::cuda::getCurrentCUDAStream(out.device().index());
+  void* ws = workspace ? workspace->data_ptr() : stream_workspace(out.device(), stream);
+  launch_tensor_stats_multi_into_cuda(descs.data(), rows.data(), static_cast<int64_t>(descs.size()), ws,
+                                      out.data_ptr<double>(), stream.stream());
+}
+
 void tensor_fingerprint_into_cuda(const at::Tensor& x, at::Tensor& out, int64_t row) {
   const at::Tensor c = check_fingerprint_into(x, out, row);
   const c10::cuda::CUDAGuard guard(x.device());
@@ -91,6 +103,7 @@ TORCH_LIBRARY_IMPL(accdump, CUDA, m) {
   m.impl("tensor_stats", &tensor_stats_cuda);
   m.impl("tensor_stats_multi", &tensor_stats_multi_cuda);
   m.impl("tensor_stats_into", &tensor_stats_into_cuda);
+  m.impl("tensor_stats_multi_into", &tensor_stats_multi_into_cuda);
   m.impl("tensor_fingerprint_into", &tensor_fingerprint_into_cuda);
 }
 

@@ -18,6 +18,11 @@ std::vector<TensorDesc> describe_stats_inputs(at::TensorList xs, const char* op,
 TensorDesc check_stats_into(const at::Tensor& x, const at::Tensor& out, int64_t row,
                             const std::optional<at::Tensor>& workspace, at::Tensor& keep);
 
+// Checks the arguments of tensor_stats_multi_into and describes each tensor (copies in keep).
+std::vector<TensorDesc> check_stats_multi_into(at::TensorList xs, const at::Tensor& out, at::IntArrayRef rows,
+                                               const std::optional<at::Tensor>& workspace,
+                                               std::vector<at::Tensor>& keep);
+
 // Checks the arguments of tensor_fingerprint_into; returns x contiguous (logical byte order).
 at::Tensor check_fingerprint_into(const at::Tensor& x, const at::Tensor& out, int64_t row);
 

@@ -6,7 +6,12 @@ Each computes in float64 with plain, obviously-correct torch code; speed is seco
 from accdump.reference.fingerprint import fingerprint, tensor_fingerprint_into
 from accdump.reference.metrics import compare_metrics, rowwise_metrics
 from accdump.reference.quant import block_dequantize, block_scaled_linear
-from accdump.reference.stats import tensor_stats, tensor_stats_into, tensor_stats_multi
+from accdump.reference.stats import (
+    tensor_stats,
+    tensor_stats_into,
+    tensor_stats_multi,
+    tensor_stats_multi_into,
+)
 
 __all__ = [
     "block_dequantize",
@@ -17,5 +22,6 @@ __all__ = [
     "tensor_fingerprint_into",
     "tensor_stats",
     "tensor_stats_into",
+    "tensor_stats_multi_into",
     "tensor_stats_multi",
 ]

@@ -47,6 +47,14 @@ def tensor_stats_multi(xs: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack([tensor_stats(x) for x in xs])
 
 
+def tensor_stats_multi_into(
+    xs: Sequence[torch.Tensor], out: torch.Tensor, rows: Sequence[int], workspace: torch.Tensor | None = None
+) -> None:
+    """tensor_stats_into of each xs[i] into out[rows[i]]."""
+    for x, row in zip(xs, rows, strict=True):
+        tensor_stats_into(x, out, row, workspace)
+
+
 def tensor_stats_into(
     x: torch.Tensor, out: torch.Tensor, row: int, workspace: torch.Tensor | None = None
 ) -> None:

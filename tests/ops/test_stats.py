@@ -272,3 +272,66 @@ def test_stats_into_cuda_graph_replay(gen):
     graph.replay()
     torch.cuda.synchronize()
     assert_stats(ops.TensorStats.from_vector(out[0].tolist()), x)
+
+
+@pytest.mark.parametrize("n", [1, 23, 24, 25, 70])
+def test_stats_multi_into_is_bit_identical_to_stats_into(n, device, backend, gen):
+    dtypes = [torch.float32, torch.bfloat16, torch.float16, torch.float8_e4m3fn, torch.int32, torch.float64]
+    sizes = [1, 7, 4096, 70_001, 600_000]  # one and many blocks; mixed so launches split by blocks too
+    xs = []
+    for i in range(n):
+        x = random_tensor(dtypes[i % len(dtypes)], (sizes[(i * 3) % len(sizes)],), gen).to(device)
+        xs.append(x[::2] if i % 4 == 3 else x)  # strided ones too
+    ws = ops.stats_workspace(device)
+    rows = torch.randperm(n + 2, generator=gen)[:n].tolist()  # any rows, in any order
+    got = torch.full((n + 2, len(ops.STATS_FIELDS)), -7.0, dtype=torch.float64, device=device)
+    ops.tensor_stats_multi_into(xs, got, rows, ws, backend=backend)
+    want = torch.full_like(got, -7.0)
+    for x, row in zip(xs, rows, strict=True):
+        ops.tensor_stats_into(x, want, row, ws, backend=backend)
+    assert torch.equal(got, want)
+    for x, row in zip(xs[:6], rows[:6], strict=True):
+        assert_stats(ops.TensorStats.from_vector(got[row].tolist()), x)
+    ops.tensor_stats_multi_into(xs, got, rows, ws, backend=backend)  # the workspace's counters were reset
+    assert torch.equal(got, want)
+
+
+def test_stats_multi_into_errors(device):
+    if not ops.native_available(device):
+        pytest.skip(ops.backend_reason())
+    out = torch.zeros(2, 13, dtype=torch.float64, device=device)
+    x = torch.ones(4, device=device)
+    with pytest.raises(OpInputError, match="2 tensors but 1 rows"):
+        ops.tensor_stats_multi_into([x, x], out, [0])
+    with pytest.raises(OpInputError, match=r"xs\[1\]: row 2 is outside out's 2 rows"):
+        ops.tensor_stats_multi_into([x, x], out, [0, 2])
+    with pytest.raises(OpInputError, match=r"xs\[0\]: x has dtype ComplexFloat"):
+        ops.tensor_stats_multi_into([torch.ones(2, dtype=torch.complex64, device=device)], out, [0])
+    ops.tensor_stats_multi_into([], out, [])  # nothing to do
+
+
+def test_stats_multi_into_opcheck(device):
+    if not ops.native_available(device):
+        pytest.skip(ops.backend_reason())
+    out = torch.zeros(3, 13, dtype=torch.float64, device=device)
+    xs = [torch.randn(100, device=device), torch.randn(5, 7, device=device).to(torch.bfloat16)]
+    torch.library.opcheck(
+        torch.ops.accdump.tensor_stats_multi_into.default, (xs, out, [2, 0], ops.stats_workspace(device))
+    )
+
+
+@pytest.mark.cuda
+def test_stats_multi_into_cuda_graph_replay(gen):
+    xs = [torch.randn(n, generator=gen).cuda() for n in (3, 4096, 1 << 20)]
+    ws = ops.stats_workspace("cuda")
+    out = torch.zeros(3, 13, dtype=torch.float64, device="cuda")
+    ops.tensor_stats_multi_into(xs, out, [2, 1, 0], ws)  # warm-up outside capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        ops.tensor_stats_multi_into(xs, out, [2, 1, 0], ws)
+    for x in xs:
+        x.mul_(3).add_(1)
+    graph.replay()
+    torch.cuda.synchronize()
+    for x, row in zip(xs, [2, 1, 0], strict=True):
+        assert_stats(ops.TensorStats.from_vector(out[row].tolist()), x)
