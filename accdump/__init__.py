@@ -27,7 +27,7 @@ from accdump.errors import (
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from accdump.capture import Recorder, probe, record
+    from accdump.capture import Recorder, paused, probe, record
     from accdump.diff import compare
     from accdump.quant import verify, verify_linear
     from accdump.store import Dump, load
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 _LAZY = {
     "record": "accdump.capture",
     "probe": "accdump.capture",
+    "paused": "accdump.capture",
     "Recorder": "accdump.capture",
     "load": "accdump.store",
     "Dump": "accdump.store",
@@ -68,6 +69,7 @@ __all__ = [
     "UnsafeFileError",
     "__version__",
     "load",
+    "paused",
     "probe",
     "record",
     "verify",

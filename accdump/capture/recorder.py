@@ -7,6 +7,7 @@ when the step ends. Recording never changes what the model computes.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import json
@@ -15,7 +16,7 @@ import socket
 import sys
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +25,14 @@ from torch import nn
 
 import accdump
 from accdump import ops
+from accdump.capture.cuda_graphs import (
+    DEFAULT_TENSOR_BUDGET,
+    GraphHooks,
+    GraphProbes,
+    finish_capture,
+    merge_replay,
+    start_capture,
+)
 from accdump.capture.filters import FILTER_KEYS, Filters
 from accdump.capture.flatten import find_tensors
 from accdump.capture.rank import rank_and_world
@@ -111,6 +120,7 @@ class Recorder:
         overwrite: bool = False,
         strict: bool = False,
         metadata: dict[str, Any] | None = None,
+        graph_tensor_bytes: int = DEFAULT_TENSOR_BUDGET,
     ):
         if mode not in MODES:
             raise AccdumpError(f"unknown mode {mode!r}: choose from {', '.join(MODES)}")
@@ -122,6 +132,7 @@ class Recorder:
         self.filters = filters or Filters()
         self.params, self.auto_step, self.overwrite, self.strict = params, auto_step, overwrite, strict
         self.metadata = metadata or {}
+        self.graph_tensor_bytes = graph_tensor_bytes  # device copies one CUDA graph may hold (tensor mode)
         self.rank, self.world_size = rank_and_world()
         self.enabled = False
         self.skipped: dict[str, int] = {}
@@ -137,6 +148,9 @@ class Recorder:
         self._op_mode: Any = None
         self._collectives: Any = None
         self._in_capture = False
+        self._graph: GraphProbes | None = None  # the CUDA graph being captured, if any
+        self._graph_hooks: GraphHooks | None = None
+        self._warned_uncaptured_graph = False
         self._error_reported = False
         self._roots_seen = 0
 
@@ -152,7 +166,8 @@ class Recorder:
                     "another accdump recorder is already active in this process; stop it first"
                 )
             writer = SegmentWriter(self.path, self.rank, self._run_attrs(), overwrite=self.overwrite)
-            self._writer = WriterThread(writer)
+            # strict: at most two steps queued, so that a failed write stops the program promptly
+            self._writer = WriterThread(writer, max_pending_steps=2 if self.strict else 32)
             _active = self
         self.enabled = True
         if self.model is not None:
@@ -173,6 +188,9 @@ class Recorder:
 
             self._collectives = CollectiveHooks(self)
             self._collectives.install()
+        if torch.cuda.is_available():
+            self._graph_hooks = GraphHooks(self)
+            self._graph_hooks.install()
         return self
 
     def stop(self) -> None:
@@ -186,6 +204,9 @@ class Recorder:
         if self._collectives is not None:
             self._collectives.remove()
             self._collectives = None
+        if self._graph_hooks is not None:
+            self._graph_hooks.remove()
+            self._graph_hooks = None
         for h in self._handles:
             h.remove()
         self._handles.clear()
@@ -213,6 +234,15 @@ class Recorder:
         """Ends the current step (writing it) and starts the next one."""
         if self.enabled:
             self._end_step()
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Records nothing inside the block (warm-up runs before a CUDA graph capture, say)."""
+        was, self.enabled = self.enabled, False
+        try:
+            yield
+        finally:
+            self.enabled = was and self._writer is not None
 
     @property
     def steps_written(self) -> list[int]:
@@ -247,6 +277,8 @@ class Recorder:
         self._capture(buf, t, name, call, _PROBE, arg, "probe")
 
     def _open_step(self) -> StepBuffer | None:
+        if self._graph is not None:
+            return self._graph.buf
         if self._buf is None:
             if not self.filters.wants_step(self._step):
                 return None
@@ -312,10 +344,20 @@ class Recorder:
             why = f"{dev.type} {t.dtype} {t.layout}".replace("torch.", "")
             self.skipped[why] = self.skipped.get(why, 0) + 1
             return None
+        graph = self._graph
+        if graph is not None and dev.type != "cuda":
+            why = f"{dev.type} tensor during CUDA graph capture (not part of the graph)"
+            self.skipped[why] = self.skipped.get(why, 0) + 1
+            return None
         self._in_capture = True  # a row chunk's allocation is no op of the model's
         try:
             chunk, row, index = buf.stats_rows(dev).take()
-            self._stats_into(t, chunk, row)
+            if graph is None:
+                self._stats_into(t, chunk, row)
+            elif dev == graph.device and graph.pending is not None:
+                graph.pending.add(t, chunk, row)  # measured in a batch, before anything overwrites it
+            else:
+                ops.tensor_stats_into(t, chunk, row)
             seen = buf.seen[id(t)] = Seen(weakref.ref(t), version, dtype, device, index)
             if self._hash_mode:
                 hchunk, hrow, seen.hash_index = buf.hash_rows(dev).take()
@@ -329,6 +371,8 @@ class Recorder:
         max_bytes = self.filters.max_tensor_bytes
         if max_bytes is not None and t.numel() * t.element_size() > max_bytes:
             return None
+        if self._graph is not None:
+            return self._graph_copy(t)
         self._in_capture = True
         try:
             with torch.no_grad():
@@ -339,6 +383,25 @@ class Recorder:
                 return host
         finally:
             self._in_capture = False
+
+    def _graph_copy(self, t: torch.Tensor) -> torch.Tensor | None:
+        """A device buffer that the graph being captured copies `t` into on every replay, within
+        the graph's tensor budget."""
+        graph = self._graph
+        assert graph is not None
+        nbytes = t.numel() * t.element_size()
+        if graph.tensor_bytes + nbytes > self.graph_tensor_bytes:
+            graph.tensors_skipped += 1
+            return None
+        self._in_capture = True
+        try:
+            with torch.no_grad():
+                copy = torch.empty(t.shape, dtype=t.dtype, device=t.device)
+                copy.copy_(t)
+        finally:
+            self._in_capture = False
+        graph.tensor_bytes += nbytes
+        return copy
 
     def _capture_all(self, buf: StepBuffer, value: Any, name: str, call: int, role: Role, kind: str) -> None:
         """Captures every tensor in `value` (a tensor, or nested args / kwargs / outputs)."""
@@ -362,6 +425,8 @@ class Recorder:
     # --- steps ------------------------------------------------------------------------------
 
     def _end_step(self) -> None:
+        if self._graph is not None:
+            return  # a capture computes nothing: its replays are the steps
         buf, self._buf = self._buf, None
         self._step += 1
         if buf is not None:
@@ -380,6 +445,40 @@ class Recorder:
                 events.append(ev)
         self._writer.submit(StepPayload(buf.step, buf.captures, stats_host, hashes_host, events))
         self._check_writer()
+
+    # --- CUDA graphs --------------------------------------------------------------------------
+
+    def _graph_capture_begin(self, graph: Any) -> None:
+        if self._graph is not None:
+            return  # a capture inside a capture: the outer one collects the probes
+        if self._writer is not None:
+            self._writer.drain()  # no CUDA call from the writer thread while the capture runs
+        probes = start_capture(self, graph)
+        probes.saved_buf, self._buf = self._buf, probes.buf
+        self._graph = probes
+
+    def _graph_capture_end(self, graph: Any) -> None:
+        probes = self._graph
+        if probes is None or id(getattr(graph, "_accdump_probes", None)) != id(probes):
+            return
+        self._graph = None
+        self._buf = probes.saved_buf
+        probes.saved_buf = None
+        finish_capture(probes)
+
+    def _graph_replayed(self, probes: GraphProbes) -> None:
+        """One replay of a captured graph: its rows and copies join the open step, which ends
+        here unless the user marks steps."""
+        probes.replays += 1
+        buf = self._open_step()
+        if buf is not None:
+            self._in_capture = True
+            try:
+                merge_replay(buf, probes)
+            finally:
+                self._in_capture = False
+        if self.auto_step:
+            self._end_step()
 
     def _check_writer(self) -> None:
         err = self.error
@@ -614,6 +713,17 @@ def record(model: nn.Module | None, path: str | os.PathLike[str], **kwargs: Any)
     if given:
         filters = Filters.from_options(**given)
     return Recorder(model, path, filters=filters, **kwargs)
+
+
+@contextlib.contextmanager
+def paused() -> Iterator[None]:
+    """Pauses the active recorder, if any, inside the block (see Recorder.paused)."""
+    rec = _active
+    if rec is None:
+        yield
+        return
+    with rec.paused():
+        yield
 
 
 def probe(name: str, value: Any) -> None:

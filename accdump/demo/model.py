@@ -181,10 +181,12 @@ class DemoLM(nn.Module):
         for i in range(len(self.model.layers)):
             self.layer(i).self_attn.kv_cache.reset()
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Logits [B, T, vocab] of input_ids [B, T], which follow the tokens already cached."""
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, T, vocab] of input_ids [B, T], which follow the tokens already cached (at
+        `positions` [T] when given: a CUDA graph must read them from a tensor it captured)."""
         t = input_ids.shape[1]
-        positions = torch.arange(self.seen, self.seen + t, device=input_ids.device)
+        if positions is None:
+            positions = torch.arange(self.seen, self.seen + t, device=input_ids.device)
         logits = self.lm_head(self.model(input_ids, positions))
         self.seen += t
         return logits

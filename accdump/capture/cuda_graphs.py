@@ -1,0 +1,267 @@
+"""Recording inside CUDA graphs.
+
+A hook or probe that fires while a graph is captured runs once, at capture; on replay only the
+kernels it enqueued run again. So while a recorder is active, capture is redirected: the
+statistics (and fingerprint) kernels of every captured tensor go into the graph, writing rows
+that belong to the recorder, and full tensors (tensor mode, filtered, within a memory budget)
+are copied into device buffers inside the graph. After each `CUDAGraph.replay()` the recorder
+takes those rows and buffers as one step, named as at capture time, copying them to the host
+without blocking. The capture pass itself computes nothing and is no step.
+
+Row buffers and tensor copies are allocated from the graph's private memory pool during capture,
+as the model's own activations are, and live as long as the graph does.
+
+Replays must stay cheap, so statistics are not one kernel per tensor: captured tensors are held
+and measured in batches (tensor_stats_multi_into, 24 tensors a launch) when enough have gathered,
+at the end of the capture, and before any op that writes into one of them (a dispatch mode
+watches the ops while the capture runs). Held tensors keep their memory until their batch is
+enqueued, so the graph's memory pool grows by at most FLUSH_BYTES.
+"""
+
+from __future__ import annotations
+
+import sys
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from accdump.capture.step_buffer import CHUNK_ROWS, DeviceRows, StepBuffer
+
+if TYPE_CHECKING:
+    from accdump.capture.recorder import Recorder
+
+DEFAULT_TENSOR_BUDGET = 1 << 30  # bytes of device copies one graph may hold in tensor mode
+FLUSH_COUNT = 24 * 8  # held tensors that trigger a batch
+FLUSH_BYTES = 256 << 20  # held bytes that trigger a batch
+
+
+class PendingStats:
+    """Captured tensors whose statistics kernels are not enqueued yet: (tensor, rows, row)."""
+
+    def __init__(self, workspace: torch.Tensor):
+        self.workspace = workspace
+        self.items: list[tuple[torch.Tensor, torch.Tensor, int]] = []
+        self.storages: set[int] = set()
+        self.nbytes = 0
+        self.launches = 0
+
+    def add(self, t: torch.Tensor, rows: torch.Tensor, row: int) -> None:
+        self.items.append((t, rows, row))
+        self.storages.add(t.untyped_storage().data_ptr())
+        self.nbytes += t.numel() * t.element_size()
+        if len(self.items) >= FLUSH_COUNT or self.nbytes >= FLUSH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        """Enqueues the statistics of every held tensor (one call per row chunk) and lets them go."""
+        from accdump import ops
+
+        by_chunk: dict[int, tuple[torch.Tensor, list[torch.Tensor], list[int]]] = {}
+        for t, rows, row in self.items:
+            entry = by_chunk.setdefault(id(rows), (rows, [], []))
+            entry[1].append(t)
+            entry[2].append(row)
+        for rows, xs, idx in by_chunk.values():
+            ops.tensor_stats_multi_into(xs, rows, idx, self.workspace)
+            self.launches += -(-len(xs) // 24)
+        self.items.clear()
+        self.storages.clear()
+        self.nbytes = 0
+
+
+class _MutationGuard(TorchDispatchMode):
+    """While a capture runs: enqueues the held statistics before any op writes into a held tensor."""
+
+    def __init__(self, pending: PendingStats):
+        super().__init__()
+        self.pending = pending
+
+    def __torch_dispatch__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        if self.pending.storages and func._schema.is_mutable and self._writes_held(func, args, kwargs):
+            self.pending.flush()
+        return func(*args, **kwargs)
+
+    def _writes_held(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+        held = self.pending.storages
+        for i, a in enumerate(func._schema.arguments):
+            if a.alias_info is None or not a.alias_info.is_write:
+                continue
+            value = args[i] if i < len(args) else kwargs.get(a.name)
+            for t in value if isinstance(value, (list, tuple)) else (value,):
+                if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() in held:
+                    return True
+        return False
+
+
+@dataclass
+class GraphProbes:
+    """What the recorder enqueued into one captured graph."""
+
+    buf: StepBuffer
+    device: torch.device
+    pending: PendingStats | None = None
+    guard: _MutationGuard | None = None
+    tensor_bytes: int = 0
+    tensors_skipped: int = 0
+    workspace: torch.Tensor | None = None
+    replays: int = 0
+    saved_buf: StepBuffer | None = field(default=None, repr=False)
+
+    def describe(self) -> str:
+        n = len(self.buf.captures)
+        rows = sum(len(r.chunks) * CHUNK_ROWS for r in self.buf.stats.values())
+        text = f"{n} captures ({rows * 13 * 8 // 1024} KiB of statistics rows"
+        if self.pending is not None:
+            text += f", {self.pending.launches} statistics launches"
+        text += ")"
+        if self.tensor_bytes:
+            text += f", {self.tensor_bytes / 2**20:.1f} MiB of device copies of full tensors"
+        if self.tensors_skipped:
+            text += f"; {self.tensors_skipped} full tensors left out (over the graph tensor budget)"
+        return text
+
+
+def _clone_rows(rows: DeviceRows, into: DeviceRows) -> int:
+    """Appends copies of `rows`' chunks to `into` (made on the device, in stream order, so the
+    next replay cannot overwrite them before they reach the host); returns the index offset."""
+    base = len(into.chunks) * CHUNK_ROWS
+    into.chunks.extend(c.clone() for c in rows.chunks)
+    into.next_row = CHUNK_ROWS  # the next row taken opens a fresh chunk after the copies
+    return base
+
+
+def merge_replay(buf: StepBuffer, probes: GraphProbes) -> None:
+    """Adds what one replay of a captured graph computed to the step buffer `buf`."""
+    g = probes.buf
+    stats_base = {str(d): _clone_rows(rows, buf.stats_rows(d)) for d, rows in g.stats.items()}
+    hash_base = {str(d): _clone_rows(rows, buf.hash_rows(d)) for d, rows in g.hashes.items()}
+    calls_before = dict(buf.calls)
+    copies: dict[int, torch.Tensor] = {}
+    for c in g.captures:
+        host = None
+        if c.tensor is not None:
+            host = copies.get(id(c.tensor))
+            if host is None:
+                pinned = c.tensor.is_cuda
+                host = torch.empty(c.tensor.shape, dtype=c.tensor.dtype, pin_memory=pinned)
+                host.copy_(c.tensor, non_blocking=pinned)
+                copies[id(c.tensor)] = host
+        buf.captures.append(
+            c._replace(
+                order=len(buf.captures),
+                call=c.call + calls_before.get(c.name, 0),
+                stats_index=c.stats_index + stats_base.get(c.device, 0),
+                hash_index=c.hash_index + hash_base[c.device] if c.hash_index >= 0 else -1,
+                tensor=host,
+            )
+        )
+    for name, n in g.calls.items():
+        buf.calls[name] = calls_before.get(name, 0) + n
+    buf.has_tokens = buf.has_tokens or g.has_tokens
+
+
+class GraphHooks:
+    """Wraps torch.cuda.CUDAGraph's capture_begin / capture_end / replay while a recorder is active."""
+
+    _METHODS = ("capture_begin", "capture_end", "replay")
+
+    def __init__(self, recorder: Recorder):
+        self._rec = weakref.ref(recorder)
+        self._originals: dict[str, Callable[..., Any]] = {}
+
+    def install(self) -> None:
+        cls = torch.cuda.CUDAGraph
+        for name in self._METHODS:
+            self._originals[name] = cls.__dict__.get(name) or getattr(cls, name)
+        originals, rec_ref = self._originals, self._rec
+
+        def capture_begin(graph: Any, *args: Any, **kwargs: Any) -> Any:
+            rec = rec_ref()
+            if rec is not None and rec.enabled:
+                rec._graph_capture_begin(graph)  # before the capture: prepares its buffers
+            return originals["capture_begin"](graph, *args, **kwargs)
+
+        def capture_end(graph: Any, *args: Any, **kwargs: Any) -> Any:
+            rec = rec_ref()
+            probes = getattr(graph, "_accdump_probes", None)
+            if rec is not None and probes is not None:
+                end_capture(probes)  # the last batch goes into the graph before it closes
+            try:
+                return originals["capture_end"](graph, *args, **kwargs)
+            finally:
+                rec = rec_ref()
+                if rec is not None:
+                    rec._graph_capture_end(graph)
+
+        def replay(graph: Any, *args: Any, **kwargs: Any) -> Any:
+            result = originals["replay"](graph, *args, **kwargs)
+            rec = rec_ref()
+            probes = getattr(graph, "_accdump_probes", None)
+            if rec is not None and rec.enabled:
+                if probes is not None:
+                    rec._graph_replayed(probes)
+                elif not rec._warned_uncaptured_graph:
+                    rec._warned_uncaptured_graph = True
+                    print(
+                        "accdump: a CUDA graph captured while no recorder was active is replayed: its "
+                        "replays are not recorded (capture it inside the recording to record them)",
+                        file=sys.stderr,
+                    )
+            return result
+
+        for name, fn in (("capture_begin", capture_begin), ("capture_end", capture_end), ("replay", replay)):
+            fn.__wrapped__ = originals[name]  # type: ignore[attr-defined]
+            setattr(cls, name, fn)
+
+    def remove(self) -> None:
+        cls = torch.cuda.CUDAGraph
+        for name, fn in self._originals.items():
+            if name in cls.__dict__ and getattr(cls.__dict__[name], "__wrapped__", None) is fn:
+                setattr(cls, name, fn)
+        self._originals.clear()
+
+
+def start_capture(rec: Recorder, graph: Any) -> GraphProbes:
+    """The buffers of a capture about to begin on the current stream, made before it begins:
+    the statistics workspace, the first chunk of rows, the fingerprint kernel's workspace."""
+    from accdump import ops
+
+    device = torch.device("cuda", torch.cuda.current_device())
+    probes = GraphProbes(StepBuffer(-1), device)
+    probes.workspace = ops.stats_workspace(device)
+    probes.pending = PendingStats(probes.workspace)
+    probes.guard = _MutationGuard(probes.pending)
+    probes.guard.__enter__()
+    probes.buf.stats_rows(device).take()
+    probes.buf.stats_rows(device).next_row = 0  # keep the chunk; the first capture takes row 0
+    if rec.mode == "hash":
+        probes.buf.hash_rows(device).take()
+        probes.buf.hash_rows(device).next_row = 0
+        ops.tensor_fingerprint_into(
+            torch.zeros(1, device=device), torch.zeros(1, 2, dtype=torch.int64, device=device), 0
+        )
+    graph._accdump_probes = probes
+    return probes
+
+
+def end_capture(probes: GraphProbes) -> None:
+    """Enqueues the held statistics and stops watching ops (the capture is about to close)."""
+    if probes.guard is not None:
+        probes.guard.__exit__(None, None, None)
+        probes.guard = None
+    if probes.pending is not None:
+        probes.pending.flush()
+
+
+def finish_capture(probes: GraphProbes) -> None:
+    print(
+        f"accdump: CUDA graph captured with {probes.describe()}; each replay is recorded as a step",
+        file=sys.stderr,
+    )
