@@ -268,7 +268,14 @@ def test_linear_against_float64(device, backend, gen, m, case):
     x = torch.randn(m, k, generator=gen).to(device)
     bias = torch.randn(n, generator=gen).to(device)
     y = ops.block_scaled_linear(
-        x, w, w_element=fmt, w_scale=s, w_scale_format=sfmt, w_block=block, global_scale=0.5, bias=bias,
+        x,
+        w,
+        w_element=fmt,
+        w_scale=s,
+        w_scale_format=sfmt,
+        w_block=block,
+        global_scale=0.5,
+        bias=bias,
         backend=backend,
     )
     assert y.shape == (m, n) and y.dtype == torch.float32
