@@ -35,6 +35,13 @@ def _tensor_stats_multi_into_fake(
     return None
 
 
+@torch.library.register_fake("accdump::tensor_fingerprint_multi_into")
+def _tensor_fingerprint_multi_into_fake(
+    xs: Sequence[torch.Tensor], out: torch.Tensor, rows: Sequence[int]
+) -> None:
+    return None
+
+
 @torch.library.register_fake("accdump::tensor_fingerprint_into")
 def _tensor_fingerprint_into_fake(x: torch.Tensor, out: torch.Tensor, row: int) -> None:
     return None

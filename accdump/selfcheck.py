@@ -69,6 +69,11 @@ def run_selfcheck(seed: int = 0) -> list[CheckRow]:
             ops.tensor_fingerprint_into(x.t(), fp, 0)
             same = torch.equal(fp[0].cpu(), reference.fingerprint(x.t().cpu()))
             checks.append(("tensor_fingerprint_into", torch.tensor([float(not same)]), torch.zeros(1)))
+            fps = torch.zeros(3, 2, dtype=torch.int64, device=device)
+            ops.tensor_fingerprint_multi_into([x.t(), y], fps, [2, 0])
+            want_fp = torch.stack([reference.fingerprint(y.cpu()), reference.fingerprint(x.t().cpu())])
+            same = torch.equal(fps[[0, 2]].cpu(), want_fp)
+            checks.append(("tensor_fingerprint_multi_into", torch.tensor([float(not same)]), torch.zeros(1)))
             for name, got, want in checks:
                 err = _rel_err(got, want)
                 rows.append(

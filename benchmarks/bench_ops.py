@@ -205,6 +205,19 @@ def main() -> None:
     rows_out = torch.zeros(len(small), len(ops.STATS_FIELDS), dtype=torch.float64, device=dev)
     rows = list(range(len(small)))
     rows_src = small
+    fp_rows = torch.zeros(len(small), 2, dtype=torch.int64, device=dev)
+    add(
+        "tensor_fingerprint_multi_into",
+        "512 x [1,4096]",
+        nbytes,
+        timer(dev, lambda: ops.tensor_fingerprint_multi_into(small, fp_rows, rows, backend), 50),
+        timer(
+            dev,
+            lambda: [ops.tensor_fingerprint_into(s, fp_rows, i, backend) for i, s in enumerate(rows_src)],
+            10,
+        ),
+        None,
+    )
     add(
         "tensor_stats_multi_into",
         "512 x [1,4096]",

@@ -36,6 +36,9 @@ TORCH_LIBRARY(accdump, m) {
   // bit-exactness checks between runs: lane k = numel + sum over 8-byte words w_i (zero-padded) of
   // mix_k(w_i, i) with wrap-around; the same function as accdump.capture.fingerprint.
   m.def("tensor_fingerprint_into(Tensor x, Tensor(a!) out, int row) -> ()");
+  // tensor_fingerprint_into for many tensors: xs[i] into out[rows[i]], one launch per 64 tensors
+  // (kernel parameters only: safe inside CUDA graph capture), the same fingerprints.
+  m.def("tensor_fingerprint_multi_into(Tensor[] xs, Tensor(a!) out, int[] rows) -> ()");
   // Pairwise metrics of two same-shape floating tensors (dtypes may differ), float64[14]:
   // count, dot, sum a^2, sum b^2, max|a-b|, its flat index, sum|a-b|, sum (a-b)^2,
   // max |a-b|/max(|a|,eps), allclose failures (|a-b| > atol + rtol|b|), NaN mismatches,

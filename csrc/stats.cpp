@@ -52,25 +52,44 @@ TensorDesc check_stats_into(const at::Tensor& x, const at::Tensor& out, int64_t 
   return *d;
 }
 
+namespace {
+
+// Runs check(i) for each tensor of a multi op, naming the tensor in the error ("xs[i]: ...").
+template <typename Check>
+void check_each(size_t n, size_t rows, const std::string& multi_op, const std::string& single_op, Check check) {
+  TORCH_CHECK(n == rows, "accdump.", multi_op, ": ", std::to_string(n), " tensors but ", std::to_string(rows),
+              " rows");
+  for (size_t i = 0; i < n; ++i) {
+    try {
+      check(i);
+    } catch (const c10::Error& e) {
+      std::string msg = e.what_without_backtrace();
+      const std::string prefix = "accdump." + single_op + ": ";
+      if (msg.rfind(prefix, 0) == 0) msg = msg.substr(prefix.size());
+      TORCH_CHECK(false, "accdump.", multi_op, ": xs[", std::to_string(i), "]: ", msg);
+    }
+  }
+}
+
+}  // namespace
+
 std::vector<TensorDesc> check_stats_multi_into(at::TensorList xs, const at::Tensor& out, at::IntArrayRef rows,
                                                const std::optional<at::Tensor>& workspace,
                                                std::vector<at::Tensor>& keep) {
-  TORCH_CHECK(xs.size() == rows.size(), "accdump.tensor_stats_multi_into: ", std::to_string(xs.size()),
-              " tensors but ", std::to_string(rows.size()), " rows");
   std::vector<TensorDesc> descs;
   descs.reserve(xs.size());
   keep.resize(xs.size());
-  for (size_t i = 0; i < xs.size(); ++i) {
-    try {
-      descs.push_back(check_stats_into(xs[i], out, rows[i], workspace, keep[i]));
-    } catch (const c10::Error& e) {
-      std::string msg = e.what_without_backtrace();
-      const std::string prefix = "accdump.tensor_stats_into: ";
-      if (msg.rfind(prefix, 0) == 0) msg = msg.substr(prefix.size());
-      TORCH_CHECK(false, "accdump.tensor_stats_multi_into: xs[", std::to_string(i), "]: ", msg);
-    }
-  }
+  check_each(xs.size(), rows.size(), "tensor_stats_multi_into", "tensor_stats_into",
+             [&](size_t i) { descs.push_back(check_stats_into(xs[i], out, rows[i], workspace, keep[i])); });
   return descs;
+}
+
+std::vector<at::Tensor> check_fingerprint_multi_into(at::TensorList xs, const at::Tensor& out, at::IntArrayRef rows) {
+  std::vector<at::Tensor> bytes;
+  bytes.reserve(xs.size());
+  check_each(xs.size(), rows.size(), "tensor_fingerprint_multi_into", "tensor_fingerprint_into",
+             [&](size_t i) { bytes.push_back(check_fingerprint_into(xs[i], out, rows[i])); });
+  return bytes;
 }
 
 at::Tensor check_fingerprint_into(const at::Tensor& x, const at::Tensor& out, int64_t row) {
@@ -117,6 +136,11 @@ void tensor_fingerprint_into_cpu(const at::Tensor& x, at::Tensor& out, int64_t r
   o[1] = static_cast<int64_t>(total[1]);
 }
 
+void tensor_fingerprint_multi_into_cpu(at::TensorList xs, at::Tensor& out, at::IntArrayRef rows) {
+  check_fingerprint_multi_into(xs, out, rows);
+  for (size_t i = 0; i < xs.size(); ++i) tensor_fingerprint_into_cpu(xs[i], out, rows[i]);
+}
+
 at::Tensor stats_cpu(at::TensorList xs, const char* op) {
   std::vector<at::Tensor> keep;
   const auto descs = describe_stats_inputs(xs, op, keep);
@@ -138,6 +162,7 @@ TORCH_LIBRARY_IMPL(accdump, CPU, m) {
   m.impl("tensor_stats_into", &tensor_stats_into_cpu);
   m.impl("tensor_stats_multi_into", &tensor_stats_multi_into_cpu);
   m.impl("tensor_fingerprint_into", &tensor_fingerprint_into_cpu);
+  m.impl("tensor_fingerprint_multi_into", &tensor_fingerprint_multi_into_cpu);
 }
 
 }  // namespace accdump

@@ -157,9 +157,18 @@ ACCDUMP_HD constexpr uint64_t fp_m2(int lane) { return lane == 0 ? 0xBF58476D1CE
 void launch_fingerprint_cuda(const void* data, int64_t nbytes, int64_t numel, void* workspace, int64_t* out,
                              cudaStream_t stream);
 
+// Tensors one fingerprint multi launch takes (kernel parameters, within 4 KiB).
+constexpr int kFingerprintMultiInto = 64;
+
+// Fingerprints of n contiguous byte ranges into out[rows[i]][2], as few launches as the workspace allows.
+void launch_fingerprint_multi_into_cuda(const void* const* data, const int64_t* nbytes, const int64_t* numel,
+                                        const int64_t* rows, int64_t n, void* workspace, int64_t* out,
+                                        cudaStream_t stream);
+
 constexpr int64_t kStatsMaxBlocks = 2048;
 constexpr int64_t kStatsWorkspaceHeader = 256;  // one 4-byte completion counter per tensor of a launch
-static_assert(kStatsWorkspaceHeader >= 4 * kStatsMultiInto, "a counter per tensor of a multi launch");
+static_assert(kStatsWorkspaceHeader >= 4 * kStatsMultiInto && kStatsWorkspaceHeader >= 4 * kFingerprintMultiInto,
+              "a counter per tensor of a multi launch");
 
 // Bytes of the workspace tensor_stats_into needs.
 inline int64_t stats_workspace_bytes() {

@@ -318,16 +318,17 @@ void launch_tensor_stats_multi_into_cuda(const TensorDesc* descs, const int64_t*
 namespace accdump {
 namespace {
 
-__global__ void __launch_bounds__(kThreads) fingerprint_kernel(const unsigned char* data, int64_t nbytes,
-                                                               int64_t numel, unsigned* counter,
-                                                               unsigned long long* partials, int64_t* out) {
+// The fingerprint of `data` over `parts` blocks, this block being `part`: each block sums its
+// words' mixes into partials[part]; the last one to finish adds them up (integer sums: any order
+// gives the same bits) and resets the counter.
+__device__ void fingerprint_part(const unsigned char* data, int64_t nbytes, int64_t numel, int64_t part,
+                                 int64_t parts, unsigned* counter, unsigned long long* partials, int64_t* out) {
   __shared__ unsigned long long smem[2][32];
   __shared__ bool is_last;
   const int64_t nwords = (nbytes + 7) / 8;
   const bool aligned = reinterpret_cast<uintptr_t>(data) % 8 == 0;
   unsigned long long acc[2] = {0, 0};
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < nwords;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+  for (int64_t i = part * blockDim.x + threadIdx.x; i < nwords; i += parts * blockDim.x) {
     uint64_t w = 0;
     if (aligned && (i + 1) * 8 <= nbytes) {
       w = reinterpret_cast<const uint64_t*>(data)[i];
@@ -336,7 +337,6 @@ __global__ void __launch_bounds__(kThreads) fingerprint_kernel(const unsigned ch
     }
     for (int k = 0; k < 2; ++k) acc[k] += fingerprint_mix(w, static_cast<uint64_t>(i), fp_m1(k), fp_m2(k));
   }
-  // integer sums: any order gives the same bits
   for (int k = 0; k < 2; ++k) {
     for (int off = 16; off > 0; off >>= 1) acc[k] += __shfl_down_sync(0xffffffffu, acc[k], off);
     if (threadIdx.x % 32 == 0) smem[k][threadIdx.x / 32] = acc[k];
@@ -346,16 +346,16 @@ __global__ void __launch_bounds__(kThreads) fingerprint_kernel(const unsigned ch
     unsigned long long total[2] = {0, 0};
     for (int k = 0; k < 2; ++k)
       for (unsigned wp = 0; wp < blockDim.x / 32; ++wp) total[k] += smem[k][wp];
-    partials[2 * blockIdx.x] = total[0];
-    partials[2 * blockIdx.x + 1] = total[1];
+    partials[2 * part] = total[0];
+    partials[2 * part + 1] = total[1];
     __threadfence();
-    is_last = atomicAdd(counter, 1u) == gridDim.x - 1;
+    is_last = atomicAdd(counter, 1u) == static_cast<unsigned>(parts - 1);
   }
   __syncthreads();
   if (is_last && threadIdx.x == 0) {
     __threadfence();
     unsigned long long total[2] = {static_cast<unsigned long long>(numel), static_cast<unsigned long long>(numel)};
-    for (unsigned b = 0; b < gridDim.x; ++b) {
+    for (int64_t b = 0; b < parts; ++b) {
       total[0] += __ldcg(partials + 2 * b);
       total[1] += __ldcg(partials + 2 * b + 1);
     }
@@ -365,19 +365,75 @@ __global__ void __launch_bounds__(kThreads) fingerprint_kernel(const unsigned ch
   }
 }
 
+__global__ void __launch_bounds__(kThreads) fingerprint_kernel(const unsigned char* data, int64_t nbytes,
+                                                               int64_t numel, unsigned* counter,
+                                                               unsigned long long* partials, int64_t* out) {
+  fingerprint_part(data, nbytes, numel, blockIdx.x, gridDim.x, counter, partials, out);
+}
+
+struct FingerprintMultiParams {
+  const unsigned char* data[kFingerprintMultiInto];
+  int64_t nbytes[kFingerprintMultiInto];
+  int64_t numel[kFingerprintMultiInto];
+  int32_t row[kFingerprintMultiInto];
+  int32_t begin[kFingerprintMultiInto + 1];
+};
+static_assert(sizeof(FingerprintMultiParams) <= 4000, "kernel parameters stay within 4 KiB");
+
+__global__ void __launch_bounds__(kThreads) fingerprint_multi_kernel(const __grid_constant__ FingerprintMultiParams p,
+                                                                     unsigned* counters,
+                                                                     unsigned long long* partials, int64_t* out) {
+  int t = 0;
+  while (static_cast<int32_t>(blockIdx.x) >= p.begin[t + 1]) ++t;
+  fingerprint_part(p.data[t], p.nbytes[t], p.numel[t], blockIdx.x - p.begin[t], p.begin[t + 1] - p.begin[t],
+                   counters + t, partials + 2 * p.begin[t], out + 2 * static_cast<int64_t>(p.row[t]));
+}
+
+int64_t fingerprint_blocks_for(int64_t nbytes) {
+  const int64_t nwords = (nbytes + 7) / 8;
+  const int64_t blocks = (nwords + kThreads * 8 - 1) / (kThreads * 8);
+  return blocks < 1 ? 1 : (blocks > kStatsMaxBlocks ? kStatsMaxBlocks : blocks);
+}
 }  // namespace
 
 void launch_fingerprint_cuda(const void* data, int64_t nbytes, int64_t numel, void* workspace, int64_t* out,
                              cudaStream_t stream) {
-  const int64_t nwords = (nbytes + 7) / 8;
-  int64_t blocks = (nwords + kThreads * 8 - 1) / (kThreads * 8);
-  blocks = blocks < 1 ? 1 : (blocks > kStatsMaxBlocks ? kStatsMaxBlocks : blocks);
+  const int64_t blocks = fingerprint_blocks_for(nbytes);
   auto* counter = static_cast<unsigned*>(workspace);
   auto* partials =
       reinterpret_cast<unsigned long long*>(static_cast<char*>(workspace) + kStatsWorkspaceHeader);
   fingerprint_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
       static_cast<const unsigned char*>(data), nbytes, numel, counter, partials, out);
   ACCDUMP_LAUNCH_CHECK();
+}
+
+void launch_fingerprint_multi_into_cuda(const void* const* data, const int64_t* nbytes, const int64_t* numel,
+                                        const int64_t* rows, int64_t n, void* workspace, int64_t* out,
+                                        cudaStream_t stream) {
+  auto* counters = static_cast<unsigned*>(workspace);
+  auto* partials =
+      reinterpret_cast<unsigned long long*>(static_cast<char*>(workspace) + kStatsWorkspaceHeader);
+  FingerprintMultiParams p{};
+  int k = 0;
+  auto launch = [&]() {
+    if (k == 0) return;
+    fingerprint_multi_kernel<<<static_cast<unsigned>(p.begin[k]), kThreads, 0, stream>>>(p, counters, partials, out);
+    ACCDUMP_LAUNCH_CHECK();
+    k = 0;
+  };
+  for (int64_t i = 0; i < n; ++i) {
+    const auto blocks = static_cast<int32_t>(fingerprint_blocks_for(nbytes[i]));
+    // partials hold 2 words per block: the stats workspace has room for 2 * kStatsMaxBlocks blocks' worth
+    if (k == kFingerprintMultiInto || (k > 0 && p.begin[k] + blocks > kStatsMaxBlocks)) launch();
+    if (k == 0) p.begin[0] = 0;
+    p.data[k] = static_cast<const unsigned char*>(data[i]);
+    p.nbytes[k] = nbytes[i];
+    p.numel[k] = numel[i];
+    p.row[k] = static_cast<int32_t>(rows[i]);
+    p.begin[k + 1] = p.begin[k] + blocks;
+    ++k;
+  }
+  launch();
 }
 
 }  // namespace accdump

@@ -93,6 +93,23 @@ void tensor_fingerprint_into_cuda(const at::Tensor& x, at::Tensor& out, int64_t 
                           stream_workspace(x.device(), stream), out.data_ptr<int64_t>() + row * 2, stream.stream());
 }
 
+void tensor_fingerprint_multi_into_cuda(at::TensorList xs, at::Tensor& out, at::IntArrayRef rows) {
+  const auto bytes = check_fingerprint_multi_into(xs, out, rows);
+  if (bytes.empty()) return;
+  const c10::cuda::CUDAGuard guard(out.device());
+  const auto stream = at::cuda::getCurrentCUDAStream(out.device().index());
+  std::vector<const void*> data;
+  std::vector<int64_t> nbytes, numel;
+  for (size_t i = 0; i < bytes.size(); ++i) {
+    data.push_back(bytes[i].const_data_ptr());
+    nbytes.push_back(bytes[i].numel() * static_cast<int64_t>(bytes[i].element_size()));
+    numel.push_back(xs[i].numel());
+  }
+  launch_fingerprint_multi_into_cuda(data.data(), nbytes.data(), numel.data(), rows.data(),
+                                     static_cast<int64_t>(bytes.size()), stream_workspace(out.device(), stream),
+                                     out.data_ptr<int64_t>(), stream.stream());
+}
+
 at::Tensor tensor_stats_multi_cuda(at::TensorList xs) { return stats_cuda(xs, "tensor_stats_multi"); }
 
 at::Tensor tensor_stats_cuda(const at::Tensor& x) { return stats_cuda({x}, "tensor_stats").squeeze(0); }
@@ -105,6 +122,7 @@ TORCH_LIBRARY_IMPL(accdump, CUDA, m) {
   m.impl("tensor_stats_into", &tensor_stats_into_cuda);
   m.impl("tensor_stats_multi_into", &tensor_stats_multi_into_cuda);
   m.impl("tensor_fingerprint_into", &tensor_fingerprint_into_cuda);
+  m.impl("tensor_fingerprint_multi_into", &tensor_fingerprint_multi_into_cuda);
 }
 
 }  // namespace accdump

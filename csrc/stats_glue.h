@@ -26,6 +26,9 @@ std::vector<TensorDesc> check_stats_multi_into(at::TensorList xs, const at::Tens
 // Checks the arguments of tensor_fingerprint_into; returns x contiguous (logical byte order).
 at::Tensor check_fingerprint_into(const at::Tensor& x, const at::Tensor& out, int64_t row);
 
+// Checks the arguments of tensor_fingerprint_multi_into; returns each x contiguous.
+std::vector<at::Tensor> check_fingerprint_multi_into(at::TensorList xs, const at::Tensor& out, at::IntArrayRef rows);
+
 // CPU statistics of one described tensor into out[kStatsFields].
 void tensor_stats_cpu_kernel(const TensorDesc& d, double* out);
 

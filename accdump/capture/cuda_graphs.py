@@ -12,10 +12,10 @@ Row buffers and tensor copies are allocated from the graph's private memory pool
 as the model's own activations are, and live as long as the graph does.
 
 Replays must stay cheap, so statistics are not one kernel per tensor: captured tensors are held
-and measured in batches (tensor_stats_multi_into, 24 tensors a launch) when enough have gathered,
-at the end of the capture, and before any op that writes into one of them (a dispatch mode
-watches the ops while the capture runs). Held tensors keep their memory until their batch is
-enqueued, so the graph's memory pool grows by at most FLUSH_BYTES.
+and measured in batches (tensor_stats_multi_into: 24 tensors a launch; fingerprints: 64) when
+enough have gathered, at the end of the capture, and before any op that writes into one of them
+(a dispatch mode watches the ops while the capture runs). Held tensors keep their memory until
+their batch is enqueued, so the graph's memory pool grows by at most FLUSH_BYTES.
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from accdump.capture.step_buffer import CHUNK_ROWS, DeviceRows, StepBuffer
+from accdump.capture.step_buffer import CHUNK_ROWS, Capture, DeviceRows, StepBuffer, StepPayload
 
 if TYPE_CHECKING:
     from accdump.capture.recorder import Recorder
@@ -40,37 +41,62 @@ FLUSH_BYTES = 256 << 20  # held bytes that trigger a batch
 
 
 class PendingStats:
-    """Captured tensors whose statistics kernels are not enqueued yet: (tensor, rows, row)."""
+    """Captured tensors whose statistics (or fingerprint) kernels are not enqueued yet."""
 
     def __init__(self, workspace: torch.Tensor):
         self.workspace = workspace
         self.items: list[tuple[torch.Tensor, torch.Tensor, int]] = []
+        self.fingerprints: list[tuple[torch.Tensor, torch.Tensor, int]] = []
         self.storages: set[int] = set()
         self.nbytes = 0
         self.launches = 0
 
     def add(self, t: torch.Tensor, rows: torch.Tensor, row: int) -> None:
+        """Holds `t` for its statistics into rows[row]."""
+        self._hold(t)
         self.items.append((t, rows, row))
+        self._maybe_flush()
+
+    def add_fingerprint(self, t: torch.Tensor, rows: torch.Tensor, row: int) -> None:
+        """Holds `t` for its fingerprint into rows[row] (int64 [R, 2])."""
+        self._hold(t)
+        self.fingerprints.append((t, rows, row))
+        self._maybe_flush()
+
+    def _hold(self, t: torch.Tensor) -> None:
         self.storages.add(t.untyped_storage().data_ptr())
         self.nbytes += t.numel() * t.element_size()
-        if len(self.items) >= FLUSH_COUNT or self.nbytes >= FLUSH_BYTES:
+
+    def _maybe_flush(self) -> None:
+        if len(self.items) + len(self.fingerprints) >= FLUSH_COUNT or self.nbytes >= FLUSH_BYTES:
             self.flush()
 
     def flush(self) -> None:
         """Enqueues the statistics of every held tensor (one call per row chunk) and lets them go."""
         from accdump import ops
 
-        by_chunk: dict[int, tuple[torch.Tensor, list[torch.Tensor], list[int]]] = {}
-        for t, rows, row in self.items:
-            entry = by_chunk.setdefault(id(rows), (rows, [], []))
-            entry[1].append(t)
-            entry[2].append(row)
-        for rows, xs, idx in by_chunk.values():
+        for rows, xs, idx in _by_chunk(self.items):
             ops.tensor_stats_multi_into(xs, rows, idx, self.workspace)
             self.launches += -(-len(xs) // 24)
+        for rows, xs, idx in _by_chunk(self.fingerprints):
+            ops.tensor_fingerprint_multi_into(xs, rows, idx)
+            self.launches += -(-len(xs) // 64)
         self.items.clear()
+        self.fingerprints.clear()
         self.storages.clear()
         self.nbytes = 0
+
+
+def _by_chunk(
+    items: list[tuple[torch.Tensor, torch.Tensor, int]],
+) -> list[tuple[torch.Tensor, list[torch.Tensor], list[int]]]:
+    """Held items grouped by the row buffer they go into: (rows, tensors, row indices)."""
+    groups: dict[int, tuple[torch.Tensor, list[torch.Tensor], list[int]]] = {}
+    for t, rows, row in items:
+        group = groups.setdefault(id(rows), (rows, [], []))
+        group[1].append(t)
+        group[2].append(row)
+    return list(groups.values())
 
 
 class _MutationGuard(TorchDispatchMode):
@@ -100,6 +126,61 @@ class _MutationGuard(TorchDispatchMode):
         return False
 
 
+class ReplayTemplate:
+    """The record table of a graph's replays, built once (in the writer thread, at the first
+    replay written): from one replay to the next only the step, the statistics, the fingerprints
+    and the tensor bytes change. Also says which rows hold which statistics row and tensor copy."""
+
+    def __init__(self, captures: list[Capture]):
+        self.captures = [c._replace(tensor=None) for c in captures]
+        buffers: dict[int, int] = {}
+        self.buffers: list[torch.Tensor] = []  # distinct device copies, in capture order
+        of = []
+        for c in captures:
+            if c.tensor is None:
+                of.append(-1)
+                continue
+            j = buffers.get(id(c.tensor))
+            if j is None:
+                j = buffers[id(c.tensor)] = len(self.buffers)
+                self.buffers.append(c.tensor)
+            of.append(j)
+        self.buffer_of = np.asarray(of, dtype=np.int64)
+        devices = np.asarray([c.device for c in captures], dtype=object)
+        stats_index = np.asarray([c.stats_index for c in captures], dtype=np.int64)
+        hash_index = np.asarray([c.hash_index for c in captures], dtype=np.int64)
+        self.stats_rows: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.hash_rows: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for dev in sorted(set(devices.tolist())):
+            where = np.flatnonzero(devices == dev)
+            self.stats_rows[dev] = (where, stats_index[where])
+            hashed = where[hash_index[where] >= 0]
+            if len(hashed):
+                self.hash_rows[dev] = (hashed, hash_index[hashed])
+        self._table: np.ndarray | None = None
+
+    def table(self) -> np.ndarray:
+        if self._table is None:
+            from accdump.capture.step_buffer import StepPayload
+            from accdump.capture.writer_thread import payload_rows
+
+            def zeros(
+                rows: dict[str, tuple[np.ndarray, np.ndarray]], width: int
+            ) -> dict[str, list[torch.Tensor]]:
+                return {
+                    d: [
+                        torch.zeros(
+                            int(idx.max()) + 1, width, dtype=torch.float64 if width > 2 else torch.int64
+                        )
+                    ]
+                    for d, (_, idx) in rows.items()
+                }
+
+            p = StepPayload(0, self.captures, zeros(self.stats_rows, 13), zeros(self.hash_rows, 2), [])
+            self._table, _ = payload_rows(p)
+        return self._table
+
+
 @dataclass
 class GraphProbes:
     """What the recorder enqueued into one captured graph."""
@@ -111,6 +192,7 @@ class GraphProbes:
     tensor_bytes: int = 0
     tensors_skipped: int = 0
     workspace: torch.Tensor | None = None
+    template: ReplayTemplate | None = None
     replays: int = 0
     saved_buf: StepBuffer | None = field(default=None, repr=False)
 
@@ -135,6 +217,26 @@ def _clone_rows(rows: DeviceRows, into: DeviceRows) -> int:
     into.chunks.extend(c.clone() for c in rows.chunks)
     into.next_row = CHUNK_ROWS  # the next row taken opens a fresh chunk after the copies
     return base
+
+
+def replay_payload(step: int, probes: GraphProbes) -> StepPayload:
+    """A replay as a step of its own: its rows and tensor copies on their way to the host (read
+    by the writer after the events), described by the graph's template."""
+    assert probes.template is not None
+    g = probes.buf
+    stats = {str(d): rows.to_host() for d, rows in g.stats.items()}
+    hashes = {str(d): rows.to_host() for d, rows in g.hashes.items()}
+    tensors = []
+    for b in probes.template.buffers:
+        host = torch.empty(b.shape, dtype=b.dtype, pin_memory=True)
+        host.copy_(b, non_blocking=True)
+        tensors.append(host)
+    events = []
+    for d in {*g.stats, *g.hashes}:
+        ev = torch.cuda.Event()
+        ev.record(torch.cuda.current_stream(d))
+        events.append(ev)
+    return StepPayload(step, [], stats, hashes, events, replay=(probes.template, tensors))
 
 
 def merge_replay(buf: StepBuffer, probes: GraphProbes) -> None:
@@ -261,6 +363,7 @@ def end_capture(probes: GraphProbes) -> None:
 
 
 def finish_capture(probes: GraphProbes) -> None:
+    probes.template = ReplayTemplate(probes.buf.captures)
     print(
         f"accdump: CUDA graph captured with {probes.describe()}; each replay is recorded as a step",
         file=sys.stderr,

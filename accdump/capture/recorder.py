@@ -31,6 +31,7 @@ from accdump.capture.cuda_graphs import (
     GraphProbes,
     finish_capture,
     merge_replay,
+    replay_payload,
     start_capture,
 )
 from accdump.capture.filters import FILTER_KEYS, Filters
@@ -361,7 +362,10 @@ class Recorder:
             seen = buf.seen[id(t)] = Seen(weakref.ref(t), version, dtype, device, index)
             if self._hash_mode:
                 hchunk, hrow, seen.hash_index = buf.hash_rows(dev).take()
-                ops.tensor_fingerprint_into(t, hchunk, hrow)
+                if graph is not None and dev == graph.device and graph.pending is not None:
+                    graph.pending.add_fingerprint(t, hchunk, hrow)
+                else:
+                    ops.tensor_fingerprint_into(t, hchunk, hrow)
         finally:
             self._in_capture = False
         return seen
@@ -470,6 +474,18 @@ class Recorder:
         """One replay of a captured graph: its rows and copies join the open step, which ends
         here unless the user marks steps."""
         probes.replays += 1
+        if self._buf is None and self.auto_step and probes.template is not None:
+            # the usual case, a replay between steps: its rows go to the writer as they are
+            if self.filters.wants_step(self._step) and probes.buf.captures and self._writer is not None:
+                self._in_capture = True
+                try:
+                    payload = replay_payload(self._step, probes)
+                finally:
+                    self._in_capture = False
+                self._writer.submit(payload)
+                self._check_writer()
+            self._step += 1
+            return
         buf = self._open_step()
         if buf is not None:
             self._in_capture = True

@@ -114,3 +114,6 @@ class StepPayload:
     stats: dict[str, list[torch.Tensor]]
     hashes: dict[str, list[torch.Tensor]]
     events: list[Any]
+    # a CUDA graph replay recorded as a step of its own: (its graph's ReplayTemplate, the host
+    # copies of the template's tensor buffers); `captures` is then empty
+    replay: tuple[Any, list[torch.Tensor]] | None = None

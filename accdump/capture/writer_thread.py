@@ -14,7 +14,7 @@ import time
 import numpy as np
 import torch
 
-from accdump.capture.fingerprint import hex_digest
+from accdump.capture.fingerprint import hex_digests
 from accdump.capture.step_buffer import CHUNK_ROWS, Capture, StepPayload
 from accdump.errors import AccdumpError, RecordWriteError
 from accdump.ops import STATS_FIELDS
@@ -39,17 +39,48 @@ def _padded(tuples: tuple[tuple[int, ...], ...], ndims: np.ndarray, width: int) 
     return out
 
 
+def _heap(tensors: list[torch.Tensor]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """The heap pieces of distinct host tensors, with each one's offset and size in the heap."""
+    heap = [tensor_to_bytes(t) for t in tensors]
+    sizes = np.fromiter((h.size for h in heap), dtype=np.int64, count=len(heap))
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64) if heap else sizes
+    return heap, offsets, sizes
+
+
+def replay_rows(p: StepPayload) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The record table and heap of a CUDA graph replay: the graph's table, built once, with this
+    replay's step, statistics, fingerprints and tensors."""
+    assert p.replay is not None
+    template, tensors = p.replay
+    rows = template.table().copy()
+    rows["step"] = p.step
+    for dev, (where, idx) in template.stats_rows.items():
+        stats = torch.cat(p.stats[dev]).numpy()[idx]
+        for k, f in enumerate(STATS_FIELDS):
+            rows[f][where] = stats[:, k]
+    for dev, (where, idx) in template.hash_rows.items():
+        rows["hash"][where] = hex_digests(torch.cat(p.hashes[dev]).numpy()[idx])
+    heap, offsets, sizes = _heap(tensors)
+    buffer_of = template.buffer_of
+    stored = buffer_of >= 0
+    rows["heap_offset"][stored] = offsets[buffer_of[stored]]
+    rows["heap_nbytes"][stored] = sizes[buffer_of[stored]]
+    return rows, heap
+
+
 def payload_rows(p: StepPayload) -> tuple[np.ndarray, list[np.ndarray]]:
     """The record table and heap pieces of one step (after its device work completed).
 
     Built column by column from the captures transposed at once: this runs beside the user's
     program, and per-record work would hold the GIL long enough to slow it down."""
+    if p.replay is not None:
+        return replay_rows(p)
     if not p.captures:
         return np.zeros(0, dtype=record_dtype({}, 1)), []
     n = len(p.captures)
     cols = dict(zip(Capture._fields, zip(*p.captures, strict=True), strict=True))
     stats = np.zeros((n, len(STATS_FIELDS)))
-    hashes = [""] * n
+    hashes = np.zeros(n, dtype="S1")
     stats_index = np.asarray(cols["stats_index"], dtype=np.int64)
     hash_index = np.asarray(cols["hash_index"], dtype=np.int64)
     devices = np.asarray(cols["device"], dtype=object)
@@ -58,11 +89,10 @@ def payload_rows(p: StepPayload) -> tuple[np.ndarray, list[np.ndarray]]:
         stats[idx] = torch.cat(p.stats[dev]).numpy()[stats_index[idx]]
         hashed = idx[hash_index[idx] >= 0]
         if len(hashed):
-            htable = torch.cat(p.hashes[dev]).numpy()
-            for i, h in zip(hashed.tolist(), htable[hash_index[hashed]].tolist(), strict=True):
-                hashes[i] = hex_digest((h[0], h[1]))
+            hashes = hashes.astype("S32")
+            hashes[hashed] = hex_digests(torch.cat(p.hashes[dev]).numpy()[hash_index[hashed]])
     strings = {col: _encoded(cols[col]) for col in ("name", "arg", "kind", "dtype", "device")}
-    strings["hash"] = _encoded(tuple(hashes))
+    strings["hash"] = hashes
     ndims = np.fromiter(map(len, cols["shape"]), dtype=np.int64, count=n)
     dims = max(1, int(ndims.max()))
     rows = np.zeros(n, dtype=record_dtype({col: v.dtype.itemsize for col, v in strings.items()}, dims))
@@ -101,6 +131,8 @@ def _payload_bytes(p: StepPayload) -> int:
     copies = {id(c.tensor): c.tensor for c in p.captures if c.tensor is not None}
     n = sum(t.numel() * t.element_size() for t in copies.values())
     n += sum(t.numel() * t.element_size() for chunks in p.stats.values() for t in chunks)
+    if p.replay is not None:
+        n += sum(t.numel() * t.element_size() for t in p.replay[1])
     return n + 200 * len(p.captures)
 
 

@@ -3,7 +3,7 @@
 Each computes in float64 with plain, obviously-correct torch code; speed is secondary.
 """
 
-from accdump.reference.fingerprint import fingerprint, tensor_fingerprint_into
+from accdump.reference.fingerprint import fingerprint, tensor_fingerprint_into, tensor_fingerprint_multi_into
 from accdump.reference.metrics import compare_metrics, rowwise_metrics
 from accdump.reference.quant import block_dequantize, block_scaled_linear
 from accdump.reference.stats import (
@@ -20,6 +20,7 @@ __all__ = [
     "fingerprint",
     "rowwise_metrics",
     "tensor_fingerprint_into",
+    "tensor_fingerprint_multi_into",
     "tensor_stats",
     "tensor_stats_into",
     "tensor_stats_multi_into",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 # Odd 64-bit multipliers (as signed int64) for the two lanes; csrc/stats.h holds the same.
@@ -31,3 +33,9 @@ def fingerprint(t: torch.Tensor) -> torch.Tensor:
 def tensor_fingerprint_into(x: torch.Tensor, out: torch.Tensor, row: int) -> None:
     """Writes fingerprint(x) into out[row] (int64 [R, 2])."""
     out[row] = fingerprint(x).to(out.device)
+
+
+def tensor_fingerprint_multi_into(xs: Sequence[torch.Tensor], out: torch.Tensor, rows: Sequence[int]) -> None:
+    """tensor_fingerprint_into of each xs[i] into out[rows[i]]."""
+    for x, row in zip(xs, rows, strict=True):
+        tensor_fingerprint_into(x, out, row)

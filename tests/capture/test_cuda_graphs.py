@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
 import accdump
-from accdump import ops
+from accdump import ops, reference
 from accdump.capture.cuda_graphs import GraphProbes, PendingStats, _MutationGuard, merge_replay
 from accdump.capture.step_buffer import CHUNK_ROWS, Capture, StepBuffer
 from accdump.demo.graphs import GraphDecoder
@@ -104,6 +105,51 @@ def test_held_statistics_are_taken_in_batches():
     pending.flush()
     want = torch.stack([ops.tensor_stats_raw(x) for x in xs])
     assert torch.equal(rows[:250], want) and not rows[250:].any()
+    fps = torch.zeros(3, 2, dtype=torch.int64)
+    pending.add_fingerprint(xs[7], fps, 2)
+    pending.add(xs[7], rows, 299)
+    pending.add_fingerprint(xs[9].view(2, 5).t(), fps, 0)
+    assert not fps.any()
+    pending.flush()
+    assert fps[2].tolist() == reference.fingerprint(xs[7]).tolist()
+    assert fps[0].tolist() == reference.fingerprint(xs[9].view(2, 5).t()).tolist() and not fps[1].any()
+    assert torch.equal(rows[299], want[7])
+
+
+def test_a_replay_step_is_written_as_the_same_table_as_its_captures():
+    from accdump.capture.cuda_graphs import ReplayTemplate
+    from accdump.capture.step_buffer import StepPayload
+    from accdump.capture.writer_thread import payload_rows
+
+    a, b = torch.randn(3, 4), torch.arange(6).reshape(2, 3)
+    caps = [
+        _capture("x", 0, 2, hash_index=1, order=0)._replace(tensor=a, shape=(3, 4), strides=(4, 1)),
+        _capture("y.long_name", 1, 0, hash_index=0, order=1)._replace(tensor=a, shape=(3, 4), strides=(4, 1)),
+        _capture("z", 0, 1, order=2)._replace(tensor=b, dtype="int64", shape=(2, 3), strides=(3, 1), arg="k"),
+        _capture("w", 2, 3, order=3),
+    ]
+    stats = {"cpu": [torch.randn(4, len(ops.STATS_FIELDS), dtype=torch.float64)]}
+    hashes = {"cpu": [torch.randint(-(2**62), 2**62, (2, 2))]}
+    want_rows, want_heap = payload_rows(StepPayload(7, caps, stats, hashes, []))
+    template = ReplayTemplate(caps)
+    assert template.buffer_of.tolist() == [0, 0, 1, -1]
+    got_rows, got_heap = payload_rows(StepPayload(7, [], stats, hashes, [], replay=(template, [a, b])))
+    assert got_rows.tobytes() == want_rows.tobytes() and got_rows.dtype == want_rows.dtype
+    assert [h.tobytes() for h in got_heap] == [h.tobytes() for h in want_heap]
+    stats["cpu"][0][2, 0] = 99.0  # the next replay: new numbers in the same table
+    again, _ = payload_rows(StepPayload(8, [], stats, hashes, [], replay=(template, [a, b])))
+    assert again["step"].tolist() == [8] * 4 and again["count"][0] == 99.0 and want_rows["count"][0] != 99.0
+
+
+def test_hex_digests_match_hex_digest():
+    from accdump.capture.fingerprint import hex_digest, hex_digests
+
+    table = torch.randint(-(2**63), 2**63 - 1, (50, 2), dtype=torch.int64).numpy()
+    table[0] = (-1, 0)
+    got = hex_digests(table)
+    assert got.dtype == np.dtype("S32")
+    assert [g.decode() for g in got] == [hex_digest((int(a), int(b))) for a, b in table]
+    assert got[0] == b"f" * 16 + b"0" * 16
 
 
 def test_paused_records_nothing_and_resumes(tmp_path):

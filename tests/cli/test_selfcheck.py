@@ -14,6 +14,7 @@ def test_selfcheck_passes_and_covers_every_op():
         "tensor_stats_into",
         "tensor_stats_multi_into",
         "tensor_fingerprint_into",
+        "tensor_fingerprint_multi_into",
         "compare_metrics",
         "rowwise_metrics",
     }

@@ -74,3 +74,59 @@ def test_opcheck(device):
     torch.library.opcheck(
         torch.ops.accdump.tensor_fingerprint_into.default, (torch.randn(10, device=device), out, 0)
     )
+
+
+@pytest.mark.parametrize("n", [1, 63, 64, 65, 150])
+def test_multi_into_equals_one_at_a_time(n, device, backend, gen):
+    sizes = [1, 3, 1000, 70_001, 1_200_000]  # one and many blocks, odd byte counts
+    xs = []
+    for i in range(n):
+        x = rand(DTYPES[i % len(DTYPES)], (sizes[(i * 7) % len(sizes)],), gen).to(device)
+        xs.append(x[1::3] if i % 5 == 2 else x)  # strided ones are read in logical order
+    rows = torch.randperm(n + 3, generator=gen)[:n].tolist()
+    got = torch.full((n + 3, 2), -5, dtype=torch.int64, device=device)
+    ops.tensor_fingerprint_multi_into(xs, got, rows, backend=backend)
+    want = torch.full_like(got, -5)
+    for x, row in zip(xs, rows, strict=True):
+        ops.tensor_fingerprint_into(x, want, row, backend=backend)
+    assert torch.equal(got, want)
+    assert got[rows[0]].tolist() == reference.fingerprint(xs[0].cpu()).tolist()
+    ops.tensor_fingerprint_multi_into(xs, got, rows, backend=backend)  # counters were reset
+    assert torch.equal(got, want)
+
+
+def test_multi_into_errors(device):
+    if not ops.native_available(device):
+        pytest.skip(ops.backend_reason())
+    out = torch.zeros(2, 2, dtype=torch.int64, device=device)
+    x = torch.ones(4, device=device)
+    with pytest.raises(OpInputError, match="2 tensors but 1 rows"):
+        ops.tensor_fingerprint_multi_into([x, x], out, [0])
+    with pytest.raises(OpInputError, match=r"xs\[1\]: row 2 is outside out's 2 rows"):
+        ops.tensor_fingerprint_multi_into([x, x], out, [0, 2])
+    with pytest.raises(OpInputError, match=r"xs\[0\] is on the meta device"):
+        ops.tensor_fingerprint_multi_into([torch.ones(2, device="meta")], out, [0])
+
+
+def test_multi_into_opcheck(device):
+    if not ops.native_available(device):
+        pytest.skip(ops.backend_reason())
+    out = torch.zeros(3, 2, dtype=torch.int64, device=device)
+    xs = [torch.randn(10, device=device), torch.randn(4, 6, device=device).t()]
+    torch.library.opcheck(torch.ops.accdump.tensor_fingerprint_multi_into.default, (xs, out, [2, 0]))
+
+
+@pytest.mark.cuda
+def test_multi_into_cuda_graph_replay(gen):
+    xs = [torch.randn(n, generator=gen).cuda() for n in (5, 1 << 20)]
+    out = torch.zeros(2, 2, dtype=torch.int64, device="cuda")
+    ops.tensor_fingerprint_multi_into(xs, out, [1, 0])  # warm-up outside capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        ops.tensor_fingerprint_multi_into(xs, out, [1, 0])
+    for x in xs:
+        x.add_(1)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert out[1].tolist() == reference.fingerprint(xs[0].cpu()).tolist()
+    assert out[0].tolist() == reference.fingerprint(xs[1].cpu()).tolist()
