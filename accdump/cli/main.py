@@ -127,19 +127,49 @@ def compare(
         str | None,
         typer.Option(help="YAML/JSON rules for putting a multi-rank target's shards together."),
     ] = None,
+    golden_format: Annotated[
+        str | None,
+        typer.Option(help="GOLDEN is another tool's dump: a preset of import --list-presets, or auto."),
+    ] = None,
+    golden_pattern: Annotated[
+        str | None, typer.Option(help="GOLDEN is a folder of tensor files: import's --pattern.")
+    ] = None,
+    golden_rank: Annotated[int | None, typer.Option(help="import's --rank, for a foreign GOLDEN.")] = None,
+    golden_dtype: Annotated[str | None, typer.Option(help="import's --dtype, for a foreign GOLDEN.")] = None,
+    target_format: Annotated[
+        str | None,
+        typer.Option(help="TARGET is another tool's dump: a preset of import --list-presets, or auto."),
+    ] = None,
+    target_pattern: Annotated[
+        str | None, typer.Option(help="TARGET is a folder of tensor files: import's --pattern.")
+    ] = None,
+    target_rank: Annotated[int | None, typer.Option(help="import's --rank, for a foreign TARGET.")] = None,
+    target_dtype: Annotated[str | None, typer.Option(help="import's --dtype, for a foreign TARGET.")] = None,
+    import_dir: Annotated[
+        str | None,
+        typer.Option(help="Keep the dumps imported from foreign sides in DIR/golden, DIR/target."),
+    ] = None,
 ) -> None:
     """Find the first op where TARGET diverges from GOLDEN. Exit status: 0 none, 1 found, 2 error.
 
+    A side written by another tool is imported on the fly (into a temporary dump) with
+    --golden-format / --target-format (or --*-pattern); one that records no execution order takes
+    the other side's.
+
     Example: accdump compare dumps/golden dumps/target --html report.html
+
+    Example: accdump compare dumps/golden tllm_debug/ --target-format trtllm --target-rank 0
     """
     from dataclasses import replace
 
     from rich.progress import Progress
 
+    from accdump.cli.import_ import print_imported
     from accdump.diff import RenameRules, Thresholds
     from accdump.diff import compare as run_compare
     from accdump.diff.report import print_summary, write_csv, write_html, write_json
     from accdump.diff.unshard import UnshardRules
+    from accdump.importers.direct import Foreign, compared_sides
 
     rules = RenameRules.load(rename) if rename else None
     unshard_rules = UnshardRules.load(unshard) if unshard else None
@@ -148,17 +178,30 @@ def compare(
         th = replace(th, cosine=(cosine, th.cosine[1], th.cosine[2]))
     with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
         task = bar.add_task("comparing", total=None)
-        result = run_compare(
+        with compared_sides(
             golden,
             target,
-            structural=structural,
-            rules=rules,
-            unshard=unshard_rules,
-            thresholds=th,
-            device=device,
-            progress=lambda i, n: bar.update(task, completed=i, total=n),
-        )
+            Foreign(golden_format, golden_pattern, golden_rank, golden_dtype),
+            Foreign(target_format, target_pattern, target_rank, target_dtype),
+            import_dir=import_dir,
+            rename=rename,
+            progress=lambda what, i, n: bar.update(task, description=what, completed=i, total=n),
+        ) as (g, t):
+            bar.update(task, description="comparing", completed=0, total=None)
+            result = run_compare(
+                g.path,
+                t.path,
+                structural=structural,
+                rules=rules,
+                unshard=unshard_rules,
+                thresholds=th,
+                device=device,
+                progress=lambda i, n: bar.update(task, completed=i, total=n),
+            )
+    result = replace(result, golden=g.shown, target=t.shown)  # the paths given, not a temporary dump
     print_summary(result, console)
+    for role, side in (("golden", g), ("target", t)):
+        print_imported(role, side, console, rename is not None)
     for path, writer in ((json_out, write_json), (csv_out, write_csv), (html_out, write_html)):
         if path:
             writer(result, path)

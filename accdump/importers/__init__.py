@@ -16,7 +16,7 @@ from pathlib import Path
 
 from accdump.diff.rules import RenameRules
 from accdump.errors import SourceFormatError
-from accdump.importers.order import reference_order
+from accdump.importers.order import Position, reference_order
 from accdump.importers.paths import source_root
 from accdump.importers.pattern import PatternSource
 from accdump.importers.presets import PRESETS, Preset, detect
@@ -104,10 +104,29 @@ def import_dump(
         exclude=out,
     )
     if order_like is not None:
-        rules_path = rename or (chosen.rules_path if chosen else None)
-        source.reorder(
-            reference_order(order_like, RenameRules.load(Path(rules_path)) if rules_path else None)
-        )
+        source.reorder(order_of(order_like, rename, chosen))
+    return write_source(source, chosen, src, out, overwrite=overwrite, progress=progress)
+
+
+def order_of(
+    recording: str | os.PathLike[str], rename: str | os.PathLike[str] | None, chosen: Preset | None
+) -> Position:
+    """The execution order of `recording`, names matched after `rename` (default: the preset's rules)."""
+    rules_path = rename or (chosen.rules_path if chosen else None)
+    return reference_order(recording, RenameRules.load(Path(rules_path)) if rules_path else None)
+
+
+def write_source(
+    source: ImportSource,
+    chosen: Preset | None,
+    src: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> ImportResult:
+    """Writes what the opened `source` (of the folder `src`) holds as the accdump dump `out`."""
+    pattern = source.pattern if isinstance(source, PatternSource) else None
     metadata = {"imported_from": source.name, "source": str(src), **({"pattern": pattern} if pattern else {})}
     summary = write_dump(
         source.records(progress),
@@ -131,5 +150,7 @@ __all__ = [
     "WriteSummary",
     "import_dump",
     "open_source",
+    "order_of",
     "write_dump",
+    "write_source",
 ]

@@ -88,6 +88,7 @@ class _Entry:
 
 class PatternSource(ImportSource):
     name = "pattern"
+    ordered = False
 
     def __init__(self, root: Path, pattern: str, opts: SourceOptions):
         super().__init__(root, opts)
@@ -135,7 +136,7 @@ class PatternSource(ImportSource):
         if "step" not in fields:
             self.notes.note("the pattern names no step: all files are step 0")
 
-    def reorder(self, position: Callable[[str, Role], float]) -> None:
+    def reorder(self, position: Callable[[str, Role], float], origin: str = "--order-like") -> None:
         self.entries.sort(
             key=lambda e: (
                 e.rank,
@@ -146,7 +147,7 @@ class PatternSource(ImportSource):
             )
         )
         self.notes.notes = [n for n in self.notes.notes if "--order-like" not in n]
-        self.notes.note("execution order taken from --order-like")
+        self.notes.note(f"execution order taken from {origin}")
 
     def records(self, progress: Progress | None = None) -> Iterator[ForeignRecord]:
         calls: Counter[tuple[int, int, str, Role, str]] = Counter()

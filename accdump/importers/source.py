@@ -36,6 +36,7 @@ class ImportSource:
     """Base of the sources: `records()` yields what `write_dump` writes."""
 
     name = "source"
+    ordered = True  # the tool records execution order; False: module-path order until reorder()
     mode = "tensor"  # the run attribute: "tensor", or "stats" for statistics-only sources
     level = "module"
 
@@ -56,9 +57,9 @@ class ImportSource:
     def records(self, progress: Progress | None = None) -> Iterator[ForeignRecord]:
         raise NotImplementedError
 
-    def reorder(self, position: Callable[[str, Role], float]) -> None:
+    def reorder(self, position: Callable[[str, Role], float], origin: str = "--order-like") -> None:
         """Takes execution order from `position(name, role)` (see order.reference_order); only
-        sources whose tool records no order use it."""
+        sources whose tool records no order use it. `origin` names the order's recording in the notes."""
         self.notes.note(f"{self.name} dumps record their execution order: --order-like is not needed")
 
     def check_strict(self) -> None:

@@ -47,6 +47,7 @@ _RANK = re.compile(r"rank(\d+)")
 
 class TrtllmNpySource(ImportSource):
     name = "trtllm"
+    ordered = False
 
     def __init__(self, root: Path, opts: SourceOptions):
         super().__init__(root, opts)
@@ -82,12 +83,12 @@ class TrtllmNpySource(ImportSource):
         self.notes.note(NO_ORDER.format(tool="TensorRT-LLM's debug tensor folder"))
         self.notes.note("TensorRT-LLM saves bfloat16 GPU tensors as float32 .npy: float32 is what was stored")
 
-    def reorder(self, position: Callable[[str, Role], float]) -> None:
+    def reorder(self, position: Callable[[str, Role], float], origin: str = "--order-like") -> None:
         self.files.sort(
             key=lambda f: (f[0], position(f[1], Role.OUTPUT), tree_order_key(f[1], Role.OUTPUT, "0"))
         )
         self.notes.notes = [n for n in self.notes.notes if "--order-like" not in n]
-        self.notes.note("execution order taken from --order-like")
+        self.notes.note(f"execution order taken from {origin}")
 
     def records(self, progress: Progress | None = None) -> Iterator[ForeignRecord]:
         for i, (step, name, path) in enumerate(self.files):
