@@ -17,6 +17,9 @@ from accdump.diff.metrics import (
     Thresholds,
     Verdict,
     from_pair_metrics,
+    integer_stats_difference,
+    integer_tensor_difference,
+    is_integer,
     stats_metrics,
     tensor_metrics,
     verdict_of,
@@ -154,6 +157,8 @@ class CompareResult:
                 what.append(f"mean shift {m.mean_diff:.3g} std")
             if m.new_nan or m.new_inf:
                 what.append(f"{m.new_nan} new NaN, {m.new_inf} new Inf")
+        if p.note:
+            what.append(p.note)
         golden_name = "" if p.golden.name == p.target.name else f" (golden: {p.golden.name or '<root>'})"
         return (
             f"DIVERGED at rank {p.target.rank}, step {p.target.step}: {d.attributed_to}{golden_name} "
@@ -362,15 +367,28 @@ def _measure(gd: Dump, td: Dump, g: Record, t: Record, th: Thresholds, staging: 
             m.rows_cosine_worst = worst_rows(streamed_row_cosine(gd, g, td, t, staging))
         return Pair(g, t, m, verdict)
     device = str(staging.device)
+    # token ids, expert indices, positions, int8 codes: equal or wrong, whatever the float metrics say
+    exact = is_integer(g.dtype) and is_integer(t.dtype)
     if g.has_tensor and t.has_tensor:
-        tm = tensor_metrics(gd.tensor(g), td.tensor(t), th, device)
+        a, b = gd.tensor(g), td.tensor(t)
+        tm = tensor_metrics(a, b, th, device)
         if tm is None:  # the statistics still say how far apart they are; the verdict stays "mismatch"
             note = f"shapes {list(g.shape)} and {list(t.shape)} do not align"
             return Pair(g, t, stats_metrics(g, t), Verdict.MISMATCH, note)
+        if exact:
+            return _exact_pair(g, t, tm, integer_tensor_difference(a, b))
         return Pair(g, t, tm, verdict_of(tm, th))
     m = stats_metrics(g, t)
     note = "" if g.shape == t.shape else f"shapes differ: {list(g.shape)} vs {list(t.shape)}"
+    if exact:
+        return _exact_pair(g, t, m, integer_stats_difference(g, t), note)
     return Pair(g, t, m, verdict_of(m, th), note)
+
+
+def _exact_pair(g: Record, t: Record, m: PairMetrics, difference: str, note: str = "") -> Pair:
+    """An integer pair: broken when `difference` says how the values differ, else passing."""
+    verdict = Verdict.BROKEN if difference else Verdict.PASS
+    return Pair(g, t, m, verdict, "; ".join(x for x in (note, difference) if x))
 
 
 def _first_divergence(pairs: list[Pair], limit_step: int | None) -> Divergence | None:

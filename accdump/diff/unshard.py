@@ -162,8 +162,16 @@ class UnshardedDump:
             stats = _concat_stats([s.stats for s in shards])
         strides = tuple(int(np.prod(shape_t[i + 1 :], dtype=np.int64)) for i in range(len(shape_t)))
         nbytes = first.heap_nbytes * (len(shards) if how == "concat" else 1)
+        hash_ = first.hash if how == "replicate" else ""  # one shard's fingerprint is not the whole's
         return dataclasses.replace(
-            first, rank=0, shape=shape_t, strides=strides, stats=stats, heap_nbytes=nbytes, contiguous=True
+            first,
+            rank=0,
+            shape=shape_t,
+            strides=strides,
+            stats=stats,
+            hash=hash_,
+            heap_nbytes=nbytes,
+            contiguous=True,
         )
 
     def _combine(self, how: str, dim: int, shards: list[Record]) -> torch.Tensor:

@@ -389,11 +389,12 @@ def test_different_step_counts_compare_the_common_steps(golden, ids, tmp_path):
     assert "golden has 3, target 2" in res.steps_note
 
 
-def test_token_difference_limits_the_divergence_search(golden, ids, golden_gen, tmp_path):
-    g_path, g_tokens = golden_gen("stats")
+@pytest.mark.parametrize("mode", MODES)
+def test_token_difference_limits_the_divergence_search(golden, ids, golden_gen, tmp_path, mode):
+    g_path, g_tokens = golden_gen(mode)
     forced = (g_tokens[1] + 1) % 64
     t_path = tmp_path / "forced"
-    record_generate(target_copy(golden), t_path, ids, force={2: forced})
+    record_generate(target_copy(golden), t_path, ids, mode=mode, force={2: forced})
     res = compare(g_path, t_path)
     tok = res.first_token_diff
     assert tok is not None
@@ -401,6 +402,9 @@ def test_token_difference_limits_the_divergence_search(golden, ids, golden_gen, 
     assert tok["golden_token"] == g_tokens[1] and tok["target_token"] == forced
     # the records of steps >= 2 do differ, but they see different inputs: not a divergence
     assert any(p.failing for p in res.pairs if p.target.step >= 2)
+    fed = pair_of(res, "", Role.INPUT, step=2)  # the ids fed to the model: compared exactly
+    assert fed.target.dtype == "int64" and fed.verdict == Verdict.BROKEN
+    assert fed.note.startswith("integer values differ" if mode == "tensor" else "integer statistics differ")
     assert not any(p.failing for p in res.pairs if p.target.step < 2)
     assert res.first_divergence is None
     assert res.exit_code == 1
