@@ -349,6 +349,13 @@ def start_capture(rec: Recorder, graph: Any) -> GraphProbes:
         ops.tensor_fingerprint_into(
             torch.zeros(1, device=device), torch.zeros(1, 2, dtype=torch.int64, device=device), 0
         )
+    if rec.mode == "tensor":
+        print(
+            "accdump: capturing a CUDA graph in tensor mode: full tensors of the records it holds are "
+            f"copied into device buffers, up to {rec.graph_tensor_bytes / 2**20:.0f} MiB for this graph "
+            "(graph_tensor_bytes / --graph-tensor-mb; filter with include / max_tensor_bytes)",
+            file=sys.stderr,
+        )
     graph._accdump_probes = probes
     return probes
 

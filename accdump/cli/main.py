@@ -53,6 +53,12 @@ def record(
     overwrite: Annotated[bool, typer.Option(help="Replace a recording already in the directory.")] = False,
     strict: Annotated[bool, typer.Option(help="Fail the run if the dump cannot be written.")] = False,
     meta: Annotated[list[str] | None, typer.Option(help="KEY=VALUE metadata to store.")] = None,
+    graph_tensor_mb: Annotated[
+        float | None,
+        typer.Option(
+            help="Tensor mode: device memory each CUDA graph may hold for full-tensor copies (1024)."
+        ),
+    ] = None,
 ) -> None:
     """Run a command unchanged while recording every module it runs.
 
@@ -80,6 +86,7 @@ def record(
         overwrite,
         strict,
         meta or [],
+        graph_tensor_mb=graph_tensor_mb,
     )
     raise typer.Exit(run_recorded(output, opts, command))
 

@@ -31,6 +31,8 @@ def options_from_cli(
     overwrite: bool,
     strict: bool,
     meta: list[str],
+    *,
+    graph_tensor_mb: float | None = None,
 ) -> dict[str, Any]:
     """The keyword arguments of accdump.record() for the CLI's options (empty filters left out)."""
     filters = {
@@ -52,6 +54,8 @@ def options_from_cli(
     }
     if max_tensor_mb is not None:
         opts["max_tensor_bytes"] = int(max_tensor_mb * 2**20)
+    if graph_tensor_mb is not None:
+        opts["graph_tensor_bytes"] = int(graph_tensor_mb * 2**20)
     if meta:
         opts["metadata"] = {kv.partition("=")[0]: kv.partition("=")[2] for kv in meta}
     return opts

@@ -346,3 +346,14 @@ def test_in_place_writes_after_a_capture_do_not_change_what_was_recorded(tmp_pat
     a_out = next(r for r in t.values() if r.name == "a" and r.role == Role.OUTPUT)
     b_in = next(r for r in t.values() if r.name == "b" and r.role == Role.INPUT and r.step == a_out.step)
     assert b_in.stats.l2norm == pytest.approx(2 * a_out.stats.l2norm, rel=1e-6)
+
+
+def test_the_graph_tensor_budget_reaches_the_recorder_from_the_cli(tmp_path):
+    from accdump.cli.record import options_from_cli
+
+    opts = options_from_cli(
+        "tensor", "module", [], [], [], [], None, None, [], None, False, False, False, [], graph_tensor_mb=2.5
+    )
+    assert opts["graph_tensor_bytes"] == int(2.5 * 2**20)
+    rec = accdump.record(None, tmp_path / "d", **opts)
+    assert rec.graph_tensor_bytes == int(2.5 * 2**20)
