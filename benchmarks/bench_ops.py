@@ -203,14 +203,14 @@ def main() -> None:
     )
     ws = ops.stats_workspace(dev)
     rows_out = torch.zeros(len(small), len(ops.STATS_FIELDS), dtype=torch.float64, device=dev)
-    rows = list(range(len(small)))
+    row_index = list(range(len(small)))
     rows_src = small
     fp_rows = torch.zeros(len(small), 2, dtype=torch.int64, device=dev)
     add(
         "tensor_fingerprint_multi_into",
         "512 x [1,4096]",
         nbytes,
-        timer(dev, lambda: ops.tensor_fingerprint_multi_into(small, fp_rows, rows, backend), 50),
+        timer(dev, lambda: ops.tensor_fingerprint_multi_into(small, fp_rows, row_index, backend), 50),
         timer(
             dev,
             lambda: [ops.tensor_fingerprint_into(s, fp_rows, i, backend) for i, s in enumerate(rows_src)],
@@ -222,7 +222,7 @@ def main() -> None:
         "tensor_stats_multi_into",
         "512 x [1,4096]",
         nbytes,
-        timer(dev, lambda: ops.tensor_stats_multi_into(small, rows_out, rows, ws, backend), 50),
+        timer(dev, lambda: ops.tensor_stats_multi_into(small, rows_out, row_index, ws, backend), 50),
         timer(
             dev,
             lambda: [ops.tensor_stats_into(s, rows_out, i, ws, backend) for i, s in enumerate(rows_src)],
