@@ -205,14 +205,18 @@ def compare(
                 device=device,
                 progress=lambda i, n: bar.update(task, completed=i, total=n),
             )
-    result = replace(result, golden=g.shown, target=t.shown)  # the paths given, not a temporary dump
+            result = replace(result, golden=g.shown, target=t.shown)  # the paths given, not a temporary dump
+            written = []
+            for path, writer in ((json_out, write_json), (csv_out, write_csv), (html_out, write_html)):
+                if path:  # while an imported side's dump still exists: the HTML reads tensors from it
+                    bar.update(task, description=f"writing {path}", total=None)
+                    writer(result, path)
+                    written.append(path)
     print_summary(result, console)
     for role, side in (("golden", g), ("target", t)):
         print_imported(role, side, console, rename is not None)
-    for path, writer in ((json_out, write_json), (csv_out, write_csv), (html_out, write_html)):
-        if path:
-            writer(result, path)
-            console.print(f"wrote {path}")
+    for path in written:
+        console.print(f"wrote {path}")
     raise typer.Exit(result.exit_code)
 
 

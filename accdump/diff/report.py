@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import base64
 import csv
-import io
 import json
 import math
 from dataclasses import fields
@@ -28,12 +26,12 @@ STYLE = {
 
 
 # C0 controls, DEL and C1 controls: a name holding them could drive the reader's terminal
-_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
 
 
 def shown(text: str) -> str:
     """`text` from a dump (a name, a path) for rich: control characters as \\xNN, markup escaped."""
-    return escape(text.translate(_CONTROLS))
+    return escape(text.translate(CONTROLS))
 
 
 def _f(v: Any, fmt: str = ".4f") -> str:
@@ -146,118 +144,9 @@ def write_csv(result: CompareResult, path: str | Path) -> None:
             w.writerow({k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in r.items()})
 
 
-def _png(fig: Any) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    return base64.b64encode(buf.getvalue()).decode()
-
-
-def _plots(result: CompareResult) -> list[tuple[str, str]]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plots = []
-    if result.trajectory:
-        fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
-        steps = sorted({p["step"] for p in result.trajectory})
-        for step in steps[:12]:
-            pts = [p for p in result.trajectory if p["step"] == step]
-            layers = [p["layer"] for p in pts]
-            cos = [p["cosine"] if p["cosine"] is not None else math.nan for p in pts]
-            err = [p["rel_l2"] if p["rel_l2"] is not None else abs((p["norm_ratio"] or 1.0) - 1) for p in pts]
-            axes[0].plot(layers, cos, marker="o", label=f"step {step}")
-            axes[1].plot(layers, err, marker="o", label=f"step {step}")
-        axes[0].set(title="residual stream: cosine golden vs target", xlabel="layer", ylabel="cosine")
-        axes[1].set(title="relative error (rel L2, or |norm ratio - 1| from stats)", xlabel="layer")
-        axes[1].set_yscale("symlog", linthresh=1e-4)
-        axes[0].legend(fontsize=7)
-        plots.append(("Layer by layer", _png(fig)))
-        plt.close(fig)
-    d = result.first_divergence
-    if d is not None and d.token_cosine:
-        fig, ax = plt.subplots(figsize=(11, 3))
-        ax.plot(range(len(d.token_cosine)), d.token_cosine, marker=".")
-        # parse_math off: a name holding '$...$' is text, not mathtext (which can fail to parse)
-        ax.set_title(f"{d.pair.target.name}: cosine per row (token), golden vs target", parse_math=False)
-        ax.set(xlabel="row", ylabel="cosine")
-        plots.append(("Per token at the first divergence", _png(fig)))
-        plt.close(fig)
-    return plots
-
-
-_PAGE = """<!doctype html>
-<html><head><meta charset="utf-8"><title>accdump compare</title>
-<style>
-body{font-family:system-ui,sans-serif;margin:2em;color:#222}
-.verdict{font-size:1.25em;font-weight:600;padding:.6em;border-radius:6px;
- background:{{ 'var(--bad)' if diverged else 'var(--ok)' }}}
-:root{--ok:#dff5e1;--bad:#fde2e1}
-table{border-collapse:collapse;font-size:.85em}
-td,th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}
-td.name{text-align:left;font-family:monospace}
-tr.div{outline:2px solid #c00}
-.pass{background:#e7f6e7}.suspicious{background:#fff5cc}.broken{background:#fbd5d5}.catastrophic{background:#f39c9c}
-.mismatch{background:#e8d5f5}
-</style></head><body>
-<h1>accdump compare</h1>
-<p>golden <code>{{ golden }}</code><br>target <code>{{ target }}</code></p>
-<p class="verdict">{{ verdict }}</p>
-{% if token %}<p>First differing token: step {{ token.step }}, position {{ token.position }}:
-golden {{ token.golden_token }}, target {{ token.target_token }}.</p>{% endif %}
-<p>{{ steps }}</p>
-{% for title, png in plots %}<h2>{{ title }}</h2><img src="data:image/png;base64,{{ png }}">{% endfor %}
-<h2>Records {{ 'around the divergence' if diverged else '(worst first)' }}</h2>
-<table><tr><th>step</th><th>name</th><th>call</th><th>role</th><th>arg</th><th>dtypes</th><th>cosine</th>
-<th>norm ratio</th><th>rel L2</th><th>SQNR dB</th><th>verdict</th></tr>
-{% for r in rows %}<tr class="{{ r.verdict }}{{ ' div' if r.is_div else '' }}"><td>{{ r.step }}</td>
-<td class="name">{{ r.name }}</td><td>{{ r.call }}</td><td>{{ r.role }}</td><td>{{ r.arg }}</td>
-<td>{{ r.dtypes }}</td><td>{{ r.cosine }}</td><td>{{ r.norm_ratio }}</td><td>{{ r.rel_l2 }}</td>
-<td>{{ r.sqnr }}</td><td>{{ r.verdict }}</td></tr>{% endfor %}
-</table>
-<p>{{ n_pairs }} pairs compared; {{ only_g }} records only in golden, {{ only_t }} only in target.</p>
-</body></html>"""
-
-
 def write_html(result: CompareResult, path: str | Path) -> None:
-    import jinja2
+    """A self-contained HTML page: the verdict, the first divergence, metric curves along the run,
+    golden vs target per token there, both runs' metadata side by side, and a searchable table."""
+    from accdump.diff.html_report import write_html as write  # jinja2 and matplotlib only when asked
 
-    d = result.first_divergence
-    rows = []
-    for p in neighbourhood(result, width=20):
-        m = p.metrics
-        rows.append(
-            {
-                "step": p.target.step,
-                "name": p.target.name or "<root>",
-                "call": p.target.call,
-                "role": p.target.role.name.lower(),
-                "arg": p.target.arg,
-                "dtypes": f"{p.golden.dtype}/{p.target.dtype}",
-                "cosine": _f(m.cosine if m else None),
-                "norm_ratio": _f(m.norm_ratio if m else None),
-                "rel_l2": _f(m.rel_l2 if m else None, ".3g"),
-                "sqnr": _f(m.sqnr_db if m else None, ".1f"),
-                "verdict": p.verdict.label,
-                "is_div": d is not None and p is d.pair,
-            }
-        )
-    html = (
-        jinja2.Environment(autoescape=True)
-        .from_string(_PAGE)
-        .render(
-            golden=result.golden,
-            target=result.target,
-            verdict=result.verdict_line(),
-            diverged=result.exit_code != 0,
-            token=result.first_token_diff,
-            steps=result.steps_note,
-            plots=_plots(result),
-            rows=rows,
-            n_pairs=len(result.pairs),
-            only_g=len(result.only_golden),
-            only_t=len(result.only_target),
-        )
-    )
-    Path(path).write_text(html)
+    write(result, path)
