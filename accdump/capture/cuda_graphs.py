@@ -194,6 +194,7 @@ class GraphProbes:
     workspace: torch.Tensor | None = None
     template: ReplayTemplate | None = None
     replays: int = 0
+    failed: str = ""  # why the capture's probes could not be completed, if they could not
     saved_buf: StepBuffer | None = field(default=None, repr=False)
 
     def describe(self) -> str:
@@ -288,13 +289,21 @@ class GraphHooks:
             rec = rec_ref()
             if rec is not None and rec.enabled:
                 rec._graph_capture_begin(graph)  # before the capture: prepares its buffers
-            return originals["capture_begin"](graph, *args, **kwargs)
+            try:
+                return originals["capture_begin"](graph, *args, **kwargs)
+            except BaseException:
+                if rec is not None:
+                    rec._graph_capture_end(graph, failed=True)  # no capture: back to eager recording
+                raise
 
         def capture_end(graph: Any, *args: Any, **kwargs: Any) -> Any:
             rec = rec_ref()
             probes = getattr(graph, "_accdump_probes", None)
             if rec is not None and probes is not None:
-                end_capture(probes)  # the last batch goes into the graph before it closes
+                try:
+                    end_capture(probes)  # the last batch goes into the graph before it closes
+                except Exception as exc:  # e.g. a capture the user's code invalidated: close it anyway
+                    probes.failed = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
             try:
                 return originals["capture_end"](graph, *args, **kwargs)
             finally:

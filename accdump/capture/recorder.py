@@ -29,6 +29,7 @@ from accdump.capture.cuda_graphs import (
     DEFAULT_TENSOR_BUDGET,
     GraphHooks,
     GraphProbes,
+    end_capture,
     finish_capture,
     merge_replay,
     replay_payload,
@@ -461,13 +462,23 @@ class Recorder:
         probes.saved_buf, self._buf = self._buf, probes.buf
         self._graph = probes
 
-    def _graph_capture_end(self, graph: Any) -> None:
+    def _graph_capture_end(self, graph: Any, failed: bool = False) -> None:
         probes = self._graph
         if probes is None or id(getattr(graph, "_accdump_probes", None)) != id(probes):
             return
         self._graph = None
         self._buf = probes.saved_buf
         probes.saved_buf = None
+        if failed or probes.failed:
+            if failed:
+                end_capture(probes)  # stops watching ops (nothing was held)
+            graph._accdump_probes = None  # its replays are not recorded
+            why = probes.failed or "the capture did not start"
+            print(
+                f"accdump: CUDA graph capture not recorded ({why}); its replays are not recorded",
+                file=sys.stderr,
+            )
+            return
         finish_capture(probes)
 
     def _graph_replayed(self, probes: GraphProbes) -> None:

@@ -357,3 +357,33 @@ def test_the_graph_tensor_budget_reaches_the_recorder_from_the_cli(tmp_path):
     assert opts["graph_tensor_bytes"] == int(2.5 * 2**20)
     rec = accdump.record(None, tmp_path / "d", **opts)
     assert rec.graph_tensor_bytes == int(2.5 * 2**20)
+
+
+@cuda
+def test_a_capture_that_fails_to_start_leaves_recording_eager(tmp_path, capfd):
+    lin = torch.nn.Linear(8, 8).cuda()
+    x = torch.randn(2, 8, device="cuda")
+    with torch.no_grad(), accdump.record(lin, tmp_path / "d") as rec:
+        graph = torch.cuda.CUDAGraph()
+        with pytest.raises(RuntimeError):
+            graph.capture_begin()  # on the default stream: refused by torch
+        assert rec._graph is None
+        lin(x)
+    assert "capture not recorded" in capfd.readouterr().err
+    assert accdump.load(tmp_path / "d").steps() == [0]
+
+
+@cuda
+def test_a_capture_broken_by_the_users_code_is_closed_and_recording_goes_on(tmp_path, capfd):
+    lin = torch.nn.Linear(8, 8).cuda()
+    x = torch.randn(2, 8, device="cuda")
+    with torch.no_grad(), accdump.record(lin, tmp_path / "d") as rec:
+        lin(x)
+        graph = torch.cuda.CUDAGraph()
+        with pytest.raises(RuntimeError), torch.cuda.graph(graph):
+            lin(x)
+            torch.cuda.synchronize()  # not allowed while capturing: the capture is invalidated
+        assert rec._graph is None and not torch.cuda.is_current_stream_capturing()
+        lin(x)
+    steps = accdump.load(tmp_path / "d").steps()
+    assert steps[0] == 0 and len(steps) == 2  # the eager steps before and after
