@@ -55,7 +55,8 @@ TORCH_LIBRARY(accdump, m) {
   // Reference linear y = global_scale * x @ w^T + bias, float32 [M, N], with x [M, K] scaled per
   // 1 x x_block block and w [N, K] per block_rows x block_cols block. Each operand value is
   // element * scale rounded to float32; products and sums in float32 inside 128-wide chunks of K,
-  // chunk sums accumulated in float64 in a fixed order (no TF32, deterministic).
+  // chunk sums accumulated in float64 in a fixed order (no TF32, deterministic). On CUDA (sm_80+,
+  // M > 8) the products run on bf16 tensor cores wherever they stay exact (quant_mma.cu).
   m.def("block_scaled_linear(Tensor x, str x_element, Tensor? x_scale, str x_scale_format, int x_block, "
         "Tensor w, str w_element, Tensor? w_scale, str w_scale_format, int w_block_rows, int w_block_cols, "
         "float global_scale, Tensor? bias) -> Tensor");

@@ -130,10 +130,21 @@ struct LinearParams {
 constexpr int64_t kLinearChunk = 128;
 
 void launch_block_dequantize_cuda(const QuantOperand& q, double global, float* out, cudaStream_t stream);
+
+// The CUDA linear runs one of three kernels: skinny SIMT for M <= kSkinnyMaxRows (weight-bandwidth
+// bound), tensor cores with exact bf16 products where the operands allow (quant_mma.cu; needs
+// compute capability 8.0), tiled SIMT otherwise.
+constexpr int64_t kSkinnyMaxRows = 8;
+bool linear_uses_mma(const QuantOperand& x, const QuantOperand& w, int cc_major);
+int64_t mma_tile_rows();
 // How many ranges of K the CUDA linear splits into; > 1 needs a float64 workspace of
 // splits * M * N values.
-int64_t linear_splits_cuda(int64_t m, int64_t n, int64_t k, int sm_count);
+int64_t linear_splits_cuda(const QuantOperand& x, const QuantOperand& w, int sm_count, int cc_major);
 void launch_block_scaled_linear_cuda(const QuantOperand& x, const QuantOperand& w, const LinearParams& p,
-                                     int64_t splits, double* workspace, float* out, cudaStream_t stream);
+                                     int cc_major, int64_t splits, double* workspace, float* out,
+                                     cudaStream_t stream);
+void launch_block_scaled_linear_mma(const QuantOperand& x, const QuantOperand& w, const LinearParams& p,
+                                    int cc_major, int64_t splits, double* workspace, float* out,
+                                    cudaStream_t stream);
 
 }  // namespace accdump

@@ -3,10 +3,10 @@
 // The linear is a reference, not a production GEMM: operands are decoded to float32 on the fly
 // (8-bit codes through a shared-memory table, E2M1 nibbles arithmetically), multiplied with
 // float32 FMAs inside chunks of at most 128 values of K, and the chunk sums are accumulated in
-// float64 in a fixed order. Two shapes of kernel:
+// float64 in a fixed order. Two shapes of kernel here (the tensor-core one is in quant_mma.cu):
 //  - skinny (M <= 8): each warp streams 4 weight rows with 16-byte loads and reuses every
 //    decoded activation from shared memory for them (weight-bandwidth bound);
-//  - tiled (M > 8): 64 x 128 or 128 x 128 output tiles, 16-wide K steps through double-buffered
+//  - tiled (M > 8, operands the tensor-core kernel cannot take exactly, or before sm_80): 64 x 128 or 128 x 128 output tiles, 16-wide K steps through double-buffered
 //    shared memory, 4 x 8 or 8 x 8 outputs per thread; split along K (in 128-aligned ranges)
 //    when the tiles alone cannot fill the GPU, the float64 partials then summed in split order by
 //    a second kernel.
@@ -14,107 +14,13 @@
 
 #include "common/cuda_check.h"
 #include "quant.h"
+#include "quant_load.cuh"
 
 namespace accdump {
 namespace {
 
-__device__ __forceinline__ void fill_lut(float* lut, DType t) {
-  if (!is_byte_elem(t)) return;
-  for (int i = threadIdx.x; i < 256; i += blockDim.x) lut[i] = decode_byte(t, static_cast<uint8_t>(i));
-}
+using namespace quant_load;
 
-// Elements (r, c0) .. (r, c0 + N - 1) of `q` without their scales, for a run inside the operand.
-template <int N>
-__device__ __forceinline__ void load_elements(const QuantOperand& q, const float* lut, int64_t r, int64_t c0,
-                                              float* v) {
-  const char* row = static_cast<const char*>(q.data) + r * q.row_stride;
-  if (is_byte_elem(q.elem)) {
-    const uint8_t* p = reinterpret_cast<const uint8_t*>(row) + c0;
-    if (N % 16 == 0 && (reinterpret_cast<uintptr_t>(p) & 15) == 0) {
-#pragma unroll
-      for (int g = 0; g < N / 16; ++g) {
-        const uint4 u = reinterpret_cast<const uint4*>(p)[g];
-        const uint32_t words[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-        for (int j = 0; j < 16; ++j) v[g * 16 + j] = lut[(words[j >> 2] >> (8 * (j & 3))) & 0xff];
-      }
-    } else if (N % 8 == 0 && (reinterpret_cast<uintptr_t>(p) & 7) == 0) {
-#pragma unroll
-      for (int g = 0; g < N / 8; ++g) {
-        const uint2 u = reinterpret_cast<const uint2*>(p)[g];
-#pragma unroll
-        for (int j = 0; j < 8; ++j) v[g * 8 + j] = lut[((j < 4 ? u.x : u.y) >> (8 * (j & 3))) & 0xff];
-      }
-    } else {
-#pragma unroll
-      for (int j = 0; j < N; ++j) v[j] = lut[p[j]];
-    }
-  } else if (q.elem == DType::kFloat4E2M1FNx2 && (c0 & 1) == 0) {
-    const uint8_t* p = reinterpret_cast<const uint8_t*>(row) + (c0 >> 1);
-    if (N % 16 == 0 && (reinterpret_cast<uintptr_t>(p) & 7) == 0) {
-#pragma unroll
-      for (int g = 0; g < N / 16; ++g) {
-        const uint2 u = reinterpret_cast<const uint2*>(p)[g];
-#pragma unroll
-        for (int j = 0; j < 16; ++j) v[g * 16 + j] = decode_fp4(((j < 8 ? u.x : u.y) >> (4 * (j & 7))) & 0xf);
-      }
-    } else {
-#pragma unroll
-      for (int j = 0; j < N; ++j) v[j] = decode_fp4((p[j >> 1] >> (4 * (j & 1))) & 0xf);
-    }
-  } else if (q.elem == DType::kBFloat16 && N % 8 == 0 &&
-             (reinterpret_cast<uintptr_t>(row + 2 * c0) & 15) == 0) {
-    const uint4* p = reinterpret_cast<const uint4*>(row + 2 * c0);
-#pragma unroll
-    for (int g = 0; g < N / 8; ++g) {
-      const uint4 u = p[g];
-      const uint32_t words[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-      for (int j = 0; j < 8; ++j) v[g * 8 + j] = __uint_as_float(((words[j >> 1] >> (16 * (j & 1))) & 0xffff) << 16);
-    }
-  } else {
-#pragma unroll
-    for (int j = 0; j < N; ++j) v[j] = element_at(q, r, c0 + j);
-  }
-}
-
-// True when the run (r, c0 .. c0 + N - 1) lies in one scale block.
-template <int N>
-__device__ __forceinline__ bool one_scale(const QuantOperand& q, int64_t c0) {
-  return fast_div(q.div_c, static_cast<uint32_t>(c0)) == fast_div(q.div_c, static_cast<uint32_t>(c0 + N - 1));
-}
-
-// Values (r, c0) .. (r, c0 + N - 1) of `q` with their scales; zeros outside the operand.
-template <int N>
-__device__ __forceinline__ void load_run(const QuantOperand& q, const float* lut, int64_t r, int64_t c0,
-                                         float* v) {
-  if (r >= q.rows || c0 >= q.cols) {
-#pragma unroll
-    for (int j = 0; j < N; ++j) v[j] = 0.0f;
-    return;
-  }
-  if (c0 + N > q.cols) {
-#pragma unroll
-    for (int j = 0; j < N; ++j) v[j] = c0 + j < q.cols ? dequant_at(q, r, c0 + j) : 0.0f;
-    return;
-  }
-  load_elements<N>(q, lut, r, c0, v);
-  if (q.scale == nullptr) return;
-  if (one_scale<N>(q, c0)) {
-    const float s = scale_at(q, r, c0);
-#pragma unroll
-    for (int j = 0; j < N; ++j) v[j] *= s;
-  } else {
-#pragma unroll
-    for (int j = 0; j < N; ++j) v[j] *= scale_at(q, r, c0 + j);
-  }
-}
-
-__device__ __forceinline__ float finish(double acc, const LinearParams& p, int64_t n) {
-  double y = acc * p.global;
-  if (p.bias != nullptr) y += static_cast<double>(p.bias[n]);
-  return static_cast<float>(y);
-}
 
 // Runs of 16 values per thread: one 16-byte (FP8) or 8-byte (FP4) load, four 16-byte stores.
 // Each value is element * scale * global in float64, rounded once (as the CPU kernel does).
@@ -364,9 +270,11 @@ void launch_block_dequantize_cuda(const QuantOperand& q, double global, float* o
 // Rows per tile of the tiled kernel for M rows: 128 once M fills them, else 64.
 int tile_rows(int64_t m) { return m >= 128 ? 128 : 64; }
 
-int64_t linear_splits_cuda(int64_t m, int64_t n, int64_t k, int sm_count) {
-  if (m <= 8) return 1;
-  const int64_t tiles = ceil_div(m, tile_rows(m)) * ceil_div(n, kBN);
+int64_t linear_splits_cuda(const QuantOperand& x, const QuantOperand& w, int sm_count, int cc_major) {
+  const int64_t m = x.rows, n = w.rows, k = x.cols;
+  if (m <= kSkinnyMaxRows) return 1;
+  const int64_t rows = linear_uses_mma(x, w, cc_major) ? mma_tile_rows() : tile_rows(m);
+  const int64_t tiles = ceil_div(m, rows) * ceil_div(n, kBN);
   const int64_t want = ceil_div(2 * static_cast<int64_t>(sm_count), tiles);
   const int64_t most = std::max<int64_t>(1, k / 512);  // every split keeps >= 512 values of K
   const int64_t splits = std::max<int64_t>(1, std::min(want, most));
@@ -375,10 +283,11 @@ int64_t linear_splits_cuda(int64_t m, int64_t n, int64_t k, int sm_count) {
 }
 
 void launch_block_scaled_linear_cuda(const QuantOperand& x, const QuantOperand& w, const LinearParams& p,
-                                     int64_t splits, double* workspace, float* out, cudaStream_t stream) {
+                                     int cc_major, int64_t splits, double* workspace, float* out,
+                                     cudaStream_t stream) {
   const int64_t m = x.rows, n = w.rows, k = x.cols;
   if (m == 0 || n == 0) return;
-  if (m <= 8) {
+  if (m <= kSkinnyMaxRows) {
     const dim3 grid(static_cast<unsigned>(ceil_div(n, kSkWarps * kSkRows)));
     const int threads = kSkWarps * 32;
     if (m == 1) linear_skinny_kernel<1><<<grid, threads, 0, stream>>>(x, w, p, out);
@@ -388,14 +297,18 @@ void launch_block_scaled_linear_cuda(const QuantOperand& x, const QuantOperand& 
     ACCDUMP_LAUNCH_CHECK();
     return;
   }
-  const int64_t per = splits > 1 ? ceil_div(ceil_div(k, splits), kLinearChunk) * kLinearChunk : std::max<int64_t>(k, 1);
-  const int bm = tile_rows(m);
-  const dim3 grid(static_cast<unsigned>(ceil_div(n, kBN)), static_cast<unsigned>(ceil_div(m, bm)),
-                  static_cast<unsigned>(splits));
-  double* partials = splits > 1 ? workspace : nullptr;
-  if (bm == 128) linear_tiled_kernel<8><<<grid, kTiledThreads, 0, stream>>>(x, w, p, per, partials, out);
-  else linear_tiled_kernel<4><<<grid, kTiledThreads, 0, stream>>>(x, w, p, per, partials, out);
-  ACCDUMP_LAUNCH_CHECK();
+  if (linear_uses_mma(x, w, cc_major)) {
+    launch_block_scaled_linear_mma(x, w, p, cc_major, splits, workspace, out, stream);
+  } else {
+    const int64_t per = splits > 1 ? ceil_div(ceil_div(k, splits), kLinearChunk) * kLinearChunk : std::max<int64_t>(k, 1);
+    const int bm = tile_rows(m);
+    const dim3 grid(static_cast<unsigned>(ceil_div(n, kBN)), static_cast<unsigned>(ceil_div(m, bm)),
+                    static_cast<unsigned>(splits));
+    double* partials = splits > 1 ? workspace : nullptr;
+    if (bm == 128) linear_tiled_kernel<8><<<grid, kTiledThreads, 0, stream>>>(x, w, p, per, partials, out);
+    else linear_tiled_kernel<4><<<grid, kTiledThreads, 0, stream>>>(x, w, p, per, partials, out);
+    ACCDUMP_LAUNCH_CHECK();
+  }
   if (splits > 1) {
     sum_splits_kernel<<<grid_for(m * n, 256), 256, 0, stream>>>(workspace, splits, m, n, p, out);
     ACCDUMP_LAUNCH_CHECK();

@@ -38,12 +38,12 @@ at::Tensor block_scaled_linear_cuda(const at::Tensor& x, const std::string& x_el
   at::Tensor kbias;
   if (bias.has_value()) kbias = bias->to(at::kFloat).contiguous();
   at::Tensor out = at::empty({dx.rows, dw.rows}, opts.dtype(at::kFloat));
-  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const int64_t splits = linear_splits_cuda(dx.rows, dw.rows, dx.cols, sms);
+  const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
+  const int64_t splits = linear_splits_cuda(dx, dw, prop->multiProcessorCount, prop->major);
   at::Tensor ws;
   if (splits > 1) ws = at::empty({splits, dx.rows, dw.rows}, opts.dtype(at::kDouble));
   const LinearParams p{global_scale, kbias.defined() ? kbias.data_ptr<float>() : nullptr};
-  launch_block_scaled_linear_cuda(dx, dw, p, splits, ws.defined() ? ws.data_ptr<double>() : nullptr,
+  launch_block_scaled_linear_cuda(dx, dw, p, prop->major, splits, ws.defined() ? ws.data_ptr<double>() : nullptr,
                                   out.data_ptr<float>(), at::cuda::getCurrentCUDAStream().stream());
   return out;
 }

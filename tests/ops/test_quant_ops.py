@@ -314,6 +314,57 @@ def test_linear_quantized_activations(device, backend, gen, m):
     assert rel_err(y4, want4) < 1e-6
 
 
+def make_activation(kind: str, m: int, k: int, gen: torch.Generator, device: str):
+    """x of one kind, its block_scaled_linear arguments and its float64 values (oracle)."""
+    if kind in ("f32", "bf16", "f16"):
+        dtype = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}[kind]
+        x = torch.randn(m, k, generator=gen).to(dtype)
+        return x.to(device), {}, x.double().numpy()
+    if kind == "e2m1-e4m3":  # NVFP4 activations: folded exactly on the tensor-core path
+        x = rand_bytes((m, k // 2), gen)
+        xs = (torch.rand(m, -(-k // 16), generator=gen) * 4 + 0.1).to(torch.float8_e4m3fn)
+        kw = dict(x_element="e2m1", x_scale=xs.to(device), x_block=16)
+        return x.to(device), kw, dequant_np(x, "e2m1", xs.view(torch.uint8), "e4m3fn", (1, 16))
+    fmt, block = {"e4m3-f32": ("e4m3fn", 128), "i8-f32": ("i8", 32)}[kind]  # promoted scales
+    x = rand_bytes((m, k), gen, fmt)
+    xs = torch.rand(m, -(-k // block), generator=gen) + 0.1
+    kw = dict(x_element=fmt, x_scale=xs.to(device), x_block=block)
+    return x.to(device), kw, dequant_np(x, fmt, xs, "f32", (1, block))
+
+
+@pytest.mark.parametrize("x_kind", ["f32", "bf16", "f16", "e2m1-e4m3", "e4m3-f32", "i8-f32"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_linear_every_operand_pairing(device, backend, gen, case, x_kind):
+    """M > 8 on CUDA takes the tensor-core kernel wherever products stay exact (folded or promoted
+    scales, split activations) and the SIMT kernel elsewhere (3 x 7 blocks): float64-accurate
+    either way, K not a multiple of 32."""
+    m, n, k = 40, 72, 528
+    w, fmt, s, sfmt, block = make_operand(case, n, k, gen, device)
+    x, xkw, xv = make_activation(x_kind, m, k, gen, device)
+    y = ops.block_scaled_linear(x, w, **xkw, w_element=fmt, w_scale=s, w_scale_format=sfmt, w_block=block,
+                                global_scale=0.75, backend=backend)  # fmt: skip
+    s_np = s.float() if sfmt == "auto" else s
+    want = linear_oracle(xv, dequant_np(w, fmt, s_np, oracle_scale_fmt(s, sfmt), block), None, 0.75)
+    assert rel_err(y, want) < 1e-6
+
+
+def test_linear_inf_and_nan_like_float64(device, backend, gen):
+    """Infinite activations (split on the tensor-core path) and NaN weights give NaN and Inf exactly
+    where float64 arithmetic does."""
+    m, n, k = 24, 40, 160
+    w = rand_bytes((n, k), gen, "e4m3fn")
+    w[3, 17] = 0x7F  # NaN
+    x = torch.randn(m, k, generator=gen)
+    x[5, 9], x[11, 20] = float("inf"), float("-inf")
+    y = ops.block_scaled_linear(x.to(device), w.to(device), w_element="e4m3fn", backend=backend).cpu()
+    want = linear_oracle(x.double().numpy(), decode_np(w, "e4m3fn"), None, 1.0)
+    np.testing.assert_array_equal(np.isnan(y.numpy()), np.isnan(want))
+    np.testing.assert_array_equal(np.isposinf(y.numpy()), np.isposinf(want))
+    np.testing.assert_array_equal(np.isneginf(y.numpy()), np.isneginf(want))
+    finite = np.isfinite(want)
+    assert np.linalg.norm(y.numpy()[finite] - want[finite]) / np.linalg.norm(want[finite]) < 1e-6
+
+
 def test_linear_nan_propagates_and_empty_shapes(device, backend, gen):
     w = torch.full((4, 32), 0x38, dtype=torch.uint8, device=device)
     w[2, 5] = 0x7F  # NaN code of e4m3fn: output column 2 is NaN
@@ -366,12 +417,13 @@ def test_linear_device_mismatch():
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("m,n,k", [(64, 128, 8192), (300, 260, 1000), (5, 700, 4096)])
-def test_cuda_split_k_and_skinny_are_deterministic(gen, m, n, k):
-    """Split-K (few tiles, long K), tiled and skinny paths: float64-accurate and bit-identical
-    run to run."""
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("m,n,k", [(64, 128, 8192), (300, 260, 1000), (5, 700, 4096), (2100, 136, 640)])
+def test_cuda_split_k_and_skinny_are_deterministic(gen, m, n, k, x_dtype):
+    """Split-K (few tiles, long K), tensor-core (split or pipelined bf16 activations) and skinny
+    paths: float64-accurate and bit-identical run to run."""
     w, fmt, s, sfmt, block = make_operand("fp8-block", n, k, gen, "cuda")
-    x = torch.randn(m, k, generator=gen).cuda()
+    x = torch.randn(m, k, generator=gen).to(x_dtype).cuda()
     run = lambda: ops.block_scaled_linear(x, w, w_element=fmt, w_scale=s, w_block=block, backend="native")  # noqa: E731
     a, b = run(), run()
     assert torch.equal(a, b)

@@ -1,0 +1,362 @@
+// Tensor-core reference linear for M > 8 (no torch headers).
+//
+// The tensor cores (mma.sync m16n8k16, bf16 inputs, float32 accumulation) only ever see bf16
+// numbers whose products are exact, so the result keeps the contract of the SIMT kernels:
+//  - FP8, FP4 and 8-bit integer elements are exact in bf16. A block scale is folded into them
+//    where the product stays exact (E4M3 scales of FP8/FP4 elements: at most 8 significant bits,
+//    inside bf16's range: NVFP4), and is otherwise applied after the tensor cores ("promotion":
+//    the float32 sums of each scale group of K are multiplied by the group's scales; FP8 with
+//    float32 block scales, MX with E8M0 scales, 1 x 128 FP8 activation groups).
+//  - Other activations (float32, float16, float64, or scaled where neither of the above applies)
+//    are first rounded to float32 exactly as the SIMT kernels round them, then split into three
+//    bf16 planes hi + mid + lo that sum to that float32 exactly; each plane is multiplied.
+// Sums over at most 128 values of K stay float32; they are added to float64 accumulators (kept in
+// shared memory, to leave registers for the tiles) in a fixed order, so results are
+// deterministic and as accurate as the SIMT kernels' (quant_formats.md §6; quant.h).
+//
+// Tiles: 64 x 128 outputs per block of 8 warps (2 x 4), 32 x 32 per warp; K in steps of 32 through
+// double-buffered shared memory, operands decoded to bf16 on the way in.
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <numeric>
+
+#include "common/cuda_check.h"
+#include "quant.h"
+#include "quant_load.cuh"
+
+namespace accdump {
+namespace {
+
+using namespace quant_load;
+
+constexpr int kBM = 64, kBN = 128, kBK = 32, kThreads = 256;
+constexpr int kRow = kBK + 8;  // bf16 per shared row: 80 bytes, so ldmatrix's 8 rows hit 8 distinct bank groups
+constexpr int kOuts = 32;      // outputs per thread
+
+// How each operand reaches the tensor cores (chosen on the host by plan_mma).
+struct MmaPlan {
+  bool x_promote, w_promote;  // scale applied to the float32 sums of each group of K
+  int group;                  // K values per promotion: 16..128, a power of two
+};
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const __nv_bfloat16* p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+#endif
+}
+
+__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+// v = hi + mid + lo exactly (8 + 8 + 8 significant bits, each step truncating so nothing
+// overflows); NaN and infinities go to hi alone.
+__device__ __forceinline__ void split3(float v, float& hi, float& mid, float& lo) {
+  if (!isfinite(v)) {
+    hi = v, mid = 0.0f, lo = 0.0f;
+    return;
+  }
+  hi = __bfloat162float(__float2bfloat16_rz(v));
+  const float r = v - hi;
+  mid = __bfloat162float(__float2bfloat16_rz(r));
+  lo = r - mid;
+}
+
+template <int XS, bool kPromote>
+__global__ void __launch_bounds__(kThreads, XS == 1 ? 2 : 1)
+    linear_mma_kernel(QuantOperand x, QuantOperand w, LinearParams p, MmaPlan plan, int64_t k_per_split,
+                      double* partials, float* out) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  extern __shared__ __align__(16) unsigned char smem[];
+  double* acc64 = reinterpret_cast<double*>(smem);  // [kOuts][kThreads]
+  __nv_bfloat16* as = reinterpret_cast<__nv_bfloat16*>(acc64 + kOuts * kThreads);  // [2][XS][kBM][kRow]
+  __nv_bfloat16* bs = as + 2 * XS * kBM * kRow;                                     // [2][kBN][kRow]
+  float* lut_x = reinterpret_cast<float*>(bs + 2 * kBN * kRow);
+  float* lut_w = lut_x + 256;
+  float* sxs = lut_w + 256;           // kPromote: [2][2][kBM] x scales of each 16 values of a K step
+  float* sws = sxs + 2 * 2 * kBM;     //           [2][2][kBN] w scales
+  fill_lut(lut_x, x.elem);
+  fill_lut(lut_w, w.elem);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+#pragma unroll
+  for (int i = 0; i < kOuts; ++i) acc64[i * kThreads + tid] = 0.0;
+  __syncthreads();
+
+  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * kBM, n0 = static_cast<int64_t>(blockIdx.x) * kBN;
+  const int64_t kb = static_cast<int64_t>(blockIdx.z) * k_per_split;
+  const int64_t ke = min(x.cols, kb + k_per_split);
+  const int wm = (warp >> 2) * 32, wn = (warp & 3) * 32;  // this warp's 32 x 32 outputs
+  const int g = lane >> 2, t = lane & 3;                   // mma fragment row and column pair
+  const int xr = tid >> 2, xc = (tid & 3) * 8;              // loads: x 64 x 32, 8 values a thread
+  const int wr = tid >> 1, wc = (tid & 1) * 16;             //        w 128 x 32, 16 values a thread
+
+  // The next step's operands, already packed as bf16 pairs (few registers held across the math).
+  uint32_t xp[XS][4], wp[8];
+  float sx_next = 1.0f, sw_next = 1.0f;  // kPromote: this thread's share of the step's scales
+  auto load = [&](int64_t k0) {
+    if constexpr (kPromote) {
+      const int64_t c = min(k0 + (tid & 1) * 16, x.cols - 1);
+      if (plan.x_promote && tid < 2 * kBM) sx_next = scale_at(x, min(m0 + (tid >> 1), x.rows - 1), c);
+      if (plan.w_promote) sw_next = scale_at(w, min(n0 + (tid >> 1), w.rows - 1), c);
+    }
+    float v[16];
+    load_values<8>(x, lut_x, m0 + xr, k0 + xc, v, !plan.x_promote);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      if constexpr (XS == 1) {
+        xp[0][j] = pack_bf16(v[2 * j], v[2 * j + 1]);
+      } else {
+        float a[3], b[3];
+        split3(v[2 * j], a[0], a[1], a[2]);
+        split3(v[2 * j + 1], b[0], b[1], b[2]);
+#pragma unroll
+        for (int s = 0; s < 3; ++s) xp[s][j] = pack_bf16(a[s], b[s]);
+      }
+    }
+    load_values<16>(w, lut_w, n0 + wr, k0 + wc, v, !plan.w_promote);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) wp[j] = pack_bf16(v[2 * j], v[2 * j + 1]);
+  };
+  auto store = [&](int buf) {
+#pragma unroll
+    for (int s = 0; s < XS; ++s)
+      *reinterpret_cast<uint4*>(as + ((buf * XS + s) * kBM + xr) * kRow + xc) =
+          make_uint4(xp[s][0], xp[s][1], xp[s][2], xp[s][3]);
+    uint4* dst = reinterpret_cast<uint4*>(bs + (buf * kBN + wr) * kRow + wc);
+    dst[0] = make_uint4(wp[0], wp[1], wp[2], wp[3]);
+    dst[1] = make_uint4(wp[4], wp[5], wp[6], wp[7]);
+    if constexpr (kPromote) {
+      if (tid < 2 * kBM) sxs[(buf * 2 + (tid & 1)) * kBM + (tid >> 1)] = sx_next;
+      sws[(buf * 2 + (tid & 1)) * kBN + (tid >> 1)] = sw_next;
+    }
+  };
+
+  float acc[2][4][4];  // float32 sums of the current 128 values of K (promoted, if scaled)
+  float tmp[kPromote ? 2 : 1][4][4];  // kPromote: sums of the current scale group
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+    for (int nj = 0; nj < 4; ++nj)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        acc[mi][nj][c] = 0.0f;
+        if constexpr (kPromote) tmp[mi][nj][c] = 0.0f;
+      }
+
+  // Multiplies the sums of the group that ends with the 16 values at sub-step ks of the step in
+  // `buf` by the group's scales (staged in shared memory by store) into acc.
+  auto promote = [&](int buf, int ks) {
+    if constexpr (kPromote) {
+      const float* sx = sxs + (buf * 2 + ks) * kBM + wm + g;
+      const float* sw = sws + (buf * 2 + ks) * kBN + wn + 2 * t;
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int nj = 0; nj < 4; ++nj)
+#pragma unroll
+          for (int c = 0; c < 4; ++c) {
+            const float scale = sx[mi * 16 + 8 * (c >> 1)] * sw[nj * 8 + (c & 1)];
+            acc[mi][nj][c] = fmaf(tmp[mi][nj][c], scale, acc[mi][nj][c]);
+            tmp[mi][nj][c] = 0.0f;
+          }
+    }
+  };
+  auto flush = [&]() {
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+      for (int nj = 0; nj < 4; ++nj)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          acc64[((mi * 4 + nj) * 4 + c) * kThreads + tid] += static_cast<double>(acc[mi][nj][c]);
+          acc[mi][nj][c] = 0.0f;
+        }
+  };
+
+  int buf = 0;
+  if (kb < ke) {
+    load(kb);
+    store(0);
+  }
+  __syncthreads();
+  const int64_t group_mask = plan.group - 1;
+  for (int64_t k0 = kb; k0 < ke; k0 += kBK) {
+    const bool more = k0 + kBK < ke;
+    if (more) load(k0 + kBK);
+#pragma unroll
+    for (int ks = 0; ks < kBK / 16; ++ks) {
+      const int64_t k = k0 + ks * 16;
+      if (k >= ke) break;
+      uint32_t a[XS][2][4], b[4][2];
+#pragma unroll
+      for (int s = 0; s < XS; ++s)
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi)
+          ldmatrix_x4(a[s][mi], as + ((buf * XS + s) * kBM + wm + mi * 16 + (lane & 15)) * kRow + ks * 16 +
+                                    (lane >> 4) * 8);
+#pragma unroll
+      for (int pair = 0; pair < 2; ++pair) {
+        uint32_t r[4];
+        ldmatrix_x4(r, bs + (buf * kBN + wn + pair * 16 + (lane & 7) + ((lane >> 4) << 3)) * kRow + ks * 16 +
+                           ((lane >> 3) & 1) * 8);
+        b[2 * pair][0] = r[0], b[2 * pair][1] = r[1], b[2 * pair + 1][0] = r[2], b[2 * pair + 1][1] = r[3];
+      }
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int nj = 0; nj < 4; ++nj)
+#pragma unroll
+          for (int s = 0; s < XS; ++s) {
+            if constexpr (kPromote) mma_bf16(tmp[mi][nj], a[s][mi], b[nj][0], b[nj][1]);
+            else mma_bf16(acc[mi][nj], a[s][mi], b[nj][0], b[nj][1]);
+          }
+      const int64_t kn = k + 16;
+      const bool last = kn >= ke;
+      if (last || (kn & group_mask) == 0) promote(buf, ks);
+      if (last || (kn & 127) == 0) flush();
+    }
+    if (more) store(buf ^ 1);
+    __syncthreads();
+    buf ^= 1;
+  }
+
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+    for (int nj = 0; nj < 4; ++nj)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const int64_t m = m0 + wm + mi * 16 + g + 8 * (c >> 1), n = n0 + wn + nj * 8 + 2 * t + (c & 1);
+        if (m >= x.rows || n >= w.rows) continue;
+        const double v = acc64[((mi * 4 + nj) * 4 + c) * kThreads + tid];
+        if (partials != nullptr) partials[(static_cast<int64_t>(blockIdx.z) * x.rows + m) * w.rows + n] = v;
+        else out[m * w.rows + n] = finish(v, p, n);
+      }
+#else
+  __trap();  // plan_mma never chooses this kernel below sm_80
+#endif
+}
+
+bool exact_in_bf16(DType t) {
+  switch (t) {
+    case DType::kFloat8E4M3FN:
+    case DType::kFloat8E4M3FNUZ:
+    case DType::kFloat8E5M2:
+    case DType::kFloat8E5M2FNUZ:
+    case DType::kFloat4E2M1FNx2:
+    case DType::kUInt8:
+    case DType::kInt8:
+    case DType::kBFloat16: return true;
+    default: return false;
+  }
+}
+
+// An E4M3 scale times an FP8 or FP4 element has at most 4 + 4 significant bits and stays inside
+// bf16's normal range, so folding it into the element keeps the value exact.
+bool folds_exactly(const QuantOperand& q) {
+  const bool short_float = q.elem == DType::kFloat8E4M3FN || q.elem == DType::kFloat8E4M3FNUZ ||
+                           q.elem == DType::kFloat8E5M2 || q.elem == DType::kFloat8E5M2FNUZ ||
+                           q.elem == DType::kFloat4E2M1FNx2;
+  return short_float && (q.scale_dtype == DType::kFloat8E4M3FN || q.scale_dtype == DType::kFloat8E4M3FNUZ);
+}
+
+// K values per promotion that keep one scale per group: 0 when the block is not a multiple of 16.
+int promotion_group(const QuantOperand& q) {
+  if (q.scale_cols <= 1) return 128;
+  const int g = static_cast<int>(std::gcd<int64_t>(q.block_c, 128));
+  return g % 16 == 0 ? g : 0;
+}
+
+// Whether the tensor-core kernel computes this linear exactly, and how; x_splits is 1 or 3.
+bool plan_mma(const QuantOperand& x, const QuantOperand& w, int cc_major, MmaPlan& plan, int& x_splits) {
+  if (cc_major < 8 || x.rows <= kSkinnyMaxRows) return false;
+  plan = MmaPlan{false, false, 128};
+  x_splits = 1;
+  if (!exact_in_bf16(w.elem)) return false;
+  if (w.scale != nullptr && !folds_exactly(w)) {
+    const int gw = promotion_group(w);
+    if (gw == 0) return false;
+    plan.w_promote = true;
+    plan.group = gw;
+  }
+  if (!exact_in_bf16(x.elem)) {
+    x_splits = 3;
+  } else if (x.scale != nullptr && !folds_exactly(x)) {
+    const int gx = promotion_group(x);
+    if (gx == 0) {
+      x_splits = 3;  // the float32 value element * scale, split exactly
+    } else {
+      plan.x_promote = true;
+      plan.group = std::min(plan.group, gx);
+    }
+  }
+  return true;
+}
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+int64_t split_length(int64_t k, int64_t splits) {
+  return splits > 1 ? ceil_div(ceil_div(k, splits), kLinearChunk) * kLinearChunk : std::max<int64_t>(k, 1);
+}
+
+dim3 grid_of(const QuantOperand& x, const QuantOperand& w, int64_t splits) {
+  return dim3(static_cast<unsigned>(ceil_div(w.rows, kBN)), static_cast<unsigned>(ceil_div(x.rows, kBM)),
+              static_cast<unsigned>(splits));
+}
+
+template <int XS, bool kPromote>
+void launch(const QuantOperand& x, const QuantOperand& w, const LinearParams& p, const MmaPlan& plan,
+            int64_t splits, double* workspace, float* out, cudaStream_t stream) {
+  const size_t smem = sizeof(double) * kOuts * kThreads + sizeof(uint16_t) * (2 * XS * kBM + 2 * kBN) * kRow +
+                      sizeof(float) * (512 + 4 * (kBM + kBN));
+  ACCDUMP_CUDA_CHECK(cudaFuncSetAttribute(linear_mma_kernel<XS, kPromote>,
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  linear_mma_kernel<XS, kPromote><<<grid_of(x, w, splits), kThreads, smem, stream>>>(
+      x, w, p, plan, split_length(x.cols, splits), splits > 1 ? workspace : nullptr, out);
+  ACCDUMP_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+bool linear_uses_mma(const QuantOperand& x, const QuantOperand& w, int cc_major) {
+  MmaPlan plan;
+  int x_splits;
+  return plan_mma(x, w, cc_major, plan, x_splits);
+}
+
+int64_t mma_tile_rows() { return kBM; }
+
+void launch_block_scaled_linear_mma(const QuantOperand& x, const QuantOperand& w, const LinearParams& p,
+                                    int cc_major, int64_t splits, double* workspace, float* out,
+                                    cudaStream_t stream) {
+  MmaPlan plan;
+  int xs;
+  if (!plan_mma(x, w, cc_major, plan, xs)) throw std::logic_error("accdump: tensor-core linear chosen for operands it cannot take");
+  const bool promote = plan.x_promote || plan.w_promote;
+  if (xs == 1 && promote) {
+    launch<1, true>(x, w, p, plan, splits, workspace, out, stream);
+  } else if (xs == 1) {
+    launch<1, false>(x, w, p, plan, splits, workspace, out, stream);
+  } else if (promote) {
+    launch<3, true>(x, w, p, plan, splits, workspace, out, stream);
+  } else {
+    launch<3, false>(x, w, p, plan, splits, workspace, out, stream);
+  }
+}
+
+}  // namespace accdump
