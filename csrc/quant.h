@@ -137,14 +137,18 @@ void launch_block_dequantize_cuda(const QuantOperand& q, double global, float* o
 constexpr int64_t kSkinnyMaxRows = 8;
 bool linear_uses_mma(const QuantOperand& x, const QuantOperand& w, int cc_major);
 int64_t mma_tile_rows();
+// From kPlanesMinRows rows on, the tensor-core linear first decodes both operands once into bf16
+// planes in a workspace of this many bytes (0: decodes inside its tiles, no workspace).
+constexpr int64_t kPlanesMinRows = 256;
+int64_t linear_planes_bytes(const QuantOperand& x, const QuantOperand& w, int cc_major);
 // How many ranges of K the CUDA linear splits into; > 1 needs a float64 workspace of
 // splits * M * N values.
 int64_t linear_splits_cuda(const QuantOperand& x, const QuantOperand& w, int sm_count, int cc_major);
 void launch_block_scaled_linear_cuda(const QuantOperand& x, const QuantOperand& w, const LinearParams& p,
-                                     int cc_major, int64_t splits, double* workspace, float* out,
+                                     int cc_major, int64_t splits, double* workspace, void* planes, float* out,
                                      cudaStream_t stream);
 void launch_block_scaled_linear_mma(const QuantOperand& x, const QuantOperand& w, const LinearParams& p,
-                                    int cc_major, int64_t splits, double* workspace, float* out,
+                                    int cc_major, int64_t splits, double* workspace, void* planes, float* out,
                                     cudaStream_t stream);
 
 }  // namespace accdump

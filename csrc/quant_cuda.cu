@@ -283,7 +283,7 @@ int64_t linear_splits_cuda(const QuantOperand& x, const QuantOperand& w, int sm_
 }
 
 void launch_block_scaled_linear_cuda(const QuantOperand& x, const QuantOperand& w, const LinearParams& p,
-                                     int cc_major, int64_t splits, double* workspace, float* out,
+                                     int cc_major, int64_t splits, double* workspace, void* planes, float* out,
                                      cudaStream_t stream) {
   const int64_t m = x.rows, n = w.rows, k = x.cols;
   if (m == 0 || n == 0) return;
@@ -298,7 +298,7 @@ void launch_block_scaled_linear_cuda(const QuantOperand& x, const QuantOperand& 
     return;
   }
   if (linear_uses_mma(x, w, cc_major)) {
-    launch_block_scaled_linear_mma(x, w, p, cc_major, splits, workspace, out, stream);
+    launch_block_scaled_linear_mma(x, w, p, cc_major, splits, workspace, planes, out, stream);
   } else {
     const int64_t per = splits > 1 ? ceil_div(ceil_div(k, splits), kLinearChunk) * kLinearChunk : std::max<int64_t>(k, 1);
     const int bm = tile_rows(m);

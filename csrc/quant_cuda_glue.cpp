@@ -40,11 +40,14 @@ at::Tensor block_scaled_linear_cuda(const at::Tensor& x, const std::string& x_el
   at::Tensor out = at::empty({dx.rows, dw.rows}, opts.dtype(at::kFloat));
   const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
   const int64_t splits = linear_splits_cuda(dx, dw, prop->multiProcessorCount, prop->major);
-  at::Tensor ws;
+  at::Tensor ws, planes;
   if (splits > 1) ws = at::empty({splits, dx.rows, dw.rows}, opts.dtype(at::kDouble));
+  const int64_t plane_bytes = linear_planes_bytes(dx, dw, prop->major);
+  if (plane_bytes > 0) planes = at::empty({plane_bytes}, opts.dtype(at::kByte));
   const LinearParams p{global_scale, kbias.defined() ? kbias.data_ptr<float>() : nullptr};
   launch_block_scaled_linear_cuda(dx, dw, p, prop->major, splits, ws.defined() ? ws.data_ptr<double>() : nullptr,
-                                  out.data_ptr<float>(), at::cuda::getCurrentCUDAStream().stream());
+                                  planes.defined() ? planes.data_ptr() : nullptr, out.data_ptr<float>(),
+                                  at::cuda::getCurrentCUDAStream().stream());
   return out;
 }
 

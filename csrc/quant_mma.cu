@@ -14,8 +14,11 @@
 // shared memory, to leave registers for the tiles) in a fixed order, so results are
 // deterministic and as accurate as the SIMT kernels' (quant_formats.md §6; quant.h).
 //
-// Tiles: 64 x 128 outputs per block of 8 warps (2 x 4), 32 x 32 per warp; K in steps of 32 through
-// double-buffered shared memory, operands decoded to bf16 on the way in.
+// Tiles: 64 x 128 outputs per block of 8 warps (2 x 4), 32 x 32 per warp; K in steps of 32. Two
+// ways of feeding them: below kPlanesMinRows rows, operands are decoded to bf16 on their way into
+// double-buffered shared memory (weight-bandwidth bound at small M); from there on, both operands
+// are decoded once into bf16 planes and a cp.async ring streams the planes (decoding inside the
+// tiles would repeat it for every 64 rows and leave the kernel issue-bound).
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -75,6 +78,103 @@ __device__ __forceinline__ void split3(float v, float& hi, float& mid, float& lo
   const float r = v - hi;
   mid = __bfloat162float(__float2bfloat16_rz(r));
   lo = r - mid;
+}
+
+// This thread's share of its warp's 32 x 32 outputs (2 x 4 mma tiles of 16 x 8): float32 sums of
+// the current 128 values of K (promoted, if scaled) and, with kPromote, of the current scale group;
+// every 128 values the sums go to the float64 accumulators acc64[kOuts][kThreads] in shared memory.
+template <bool kPromote>
+struct WarpSums {
+  float acc[2][4][4];
+  float tmp[kPromote ? 2 : 1][4][4];
+
+  __device__ __forceinline__ void zero() {
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+      for (int nj = 0; nj < 4; ++nj)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          acc[mi][nj][c] = 0.0f;
+          if constexpr (kPromote) tmp[mi][nj][c] = 0.0f;
+        }
+  }
+
+  template <int XS>
+  __device__ __forceinline__ void multiply(const uint32_t (&a)[XS][2][4], const uint32_t (&b)[4][2]) {
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+      for (int nj = 0; nj < 4; ++nj)
+#pragma unroll
+        for (int s = 0; s < XS; ++s) {
+          if constexpr (kPromote) mma_bf16(tmp[mi][nj], a[s][mi], b[nj][0], b[nj][1]);
+          else mma_bf16(acc[mi][nj], a[s][mi], b[nj][0], b[nj][1]);
+        }
+  }
+
+  // Adds the group's sums times its scales: sx at this thread's rows (+ mi * 16 + 8 h), sw at its
+  // columns (+ nj * 8 + c), both staged in shared memory.
+  __device__ __forceinline__ void promote(const float* sx, const float* sw) {
+    if constexpr (kPromote) {
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int nj = 0; nj < 4; ++nj)
+#pragma unroll
+          for (int c = 0; c < 4; ++c) {
+            const float scale = sx[mi * 16 + 8 * (c >> 1)] * sw[nj * 8 + (c & 1)];
+            acc[mi][nj][c] = fmaf(tmp[mi][nj][c], scale, acc[mi][nj][c]);
+            tmp[mi][nj][c] = 0.0f;
+          }
+    }
+  }
+
+  __device__ __forceinline__ void flush(double* acc64, int tid) {
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+      for (int nj = 0; nj < 4; ++nj)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          acc64[((mi * 4 + nj) * 4 + c) * kThreads + tid] += static_cast<double>(acc[mi][nj][c]);
+          acc[mi][nj][c] = 0.0f;
+        }
+  }
+};
+
+// The warp's mma fragments of one 16-value step of K: a_row(s, mi) and b_row(pair) give the shared
+// address this lane hands ldmatrix for plane s, m tile mi / for n tiles 2 pair and 2 pair + 1.
+template <int XS, typename ARow, typename BRow>
+__device__ __forceinline__ void load_fragments(uint32_t (&a)[XS][2][4], uint32_t (&b)[4][2], ARow a_row, BRow b_row) {
+#pragma unroll
+  for (int s = 0; s < XS; ++s)
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi) ldmatrix_x4(a[s][mi], a_row(s, mi));
+#pragma unroll
+  for (int pair = 0; pair < 2; ++pair) {
+    uint32_t r[4];
+    ldmatrix_x4(r, b_row(pair));
+    b[2 * pair][0] = r[0], b[2 * pair][1] = r[1], b[2 * pair + 1][0] = r[2], b[2 * pair + 1][1] = r[3];
+  }
+}
+
+// The float64 sums of this thread's outputs (rows m0 + mi * 16 + 8 h, columns n0 + nj * 8 + c) to
+// `out`, or to this split's partials.
+__device__ __forceinline__ void write_outputs(const double* acc64, int tid, int64_t m0, int64_t n0, int64_t rows,
+                                              int64_t cols, const LinearParams& p, double* partials, float* out) {
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+    for (int nj = 0; nj < 4; ++nj)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const int64_t m = m0 + mi * 16 + 8 * (c >> 1), n = n0 + nj * 8 + (c & 1);
+        if (m >= rows || n >= cols) continue;
+        const double v = acc64[((mi * 4 + nj) * 4 + c) * kThreads + tid];
+        if (partials != nullptr) partials[(static_cast<int64_t>(blockIdx.z) * rows + m) * cols + n] = v;
+        else out[m * cols + n] = finish(v, p, n);
+      }
 }
 
 template <int XS, bool kPromote>
@@ -146,47 +246,8 @@ __global__ void __launch_bounds__(kThreads, XS == 1 ? 2 : 1)
     }
   };
 
-  float acc[2][4][4];  // float32 sums of the current 128 values of K (promoted, if scaled)
-  float tmp[kPromote ? 2 : 1][4][4];  // kPromote: sums of the current scale group
-#pragma unroll
-  for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-    for (int nj = 0; nj < 4; ++nj)
-#pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        acc[mi][nj][c] = 0.0f;
-        if constexpr (kPromote) tmp[mi][nj][c] = 0.0f;
-      }
-
-  // Multiplies the sums of the group that ends with the 16 values at sub-step ks of the step in
-  // `buf` by the group's scales (staged in shared memory by store) into acc.
-  auto promote = [&](int buf, int ks) {
-    if constexpr (kPromote) {
-      const float* sx = sxs + (buf * 2 + ks) * kBM + wm + g;
-      const float* sw = sws + (buf * 2 + ks) * kBN + wn + 2 * t;
-#pragma unroll
-      for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-        for (int nj = 0; nj < 4; ++nj)
-#pragma unroll
-          for (int c = 0; c < 4; ++c) {
-            const float scale = sx[mi * 16 + 8 * (c >> 1)] * sw[nj * 8 + (c & 1)];
-            acc[mi][nj][c] = fmaf(tmp[mi][nj][c], scale, acc[mi][nj][c]);
-            tmp[mi][nj][c] = 0.0f;
-          }
-    }
-  };
-  auto flush = [&]() {
-#pragma unroll
-    for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-      for (int nj = 0; nj < 4; ++nj)
-#pragma unroll
-        for (int c = 0; c < 4; ++c) {
-          acc64[((mi * 4 + nj) * 4 + c) * kThreads + tid] += static_cast<double>(acc[mi][nj][c]);
-          acc[mi][nj][c] = 0.0f;
-        }
-  };
+  WarpSums<kPromote> sums;
+  sums.zero();
 
   int buf = 0;
   if (kb < ke) {
@@ -203,52 +264,205 @@ __global__ void __launch_bounds__(kThreads, XS == 1 ? 2 : 1)
       const int64_t k = k0 + ks * 16;
       if (k >= ke) break;
       uint32_t a[XS][2][4], b[4][2];
-#pragma unroll
-      for (int s = 0; s < XS; ++s)
-#pragma unroll
-        for (int mi = 0; mi < 2; ++mi)
-          ldmatrix_x4(a[s][mi], as + ((buf * XS + s) * kBM + wm + mi * 16 + (lane & 15)) * kRow + ks * 16 +
-                                    (lane >> 4) * 8);
-#pragma unroll
-      for (int pair = 0; pair < 2; ++pair) {
-        uint32_t r[4];
-        ldmatrix_x4(r, bs + (buf * kBN + wn + pair * 16 + (lane & 7) + ((lane >> 4) << 3)) * kRow + ks * 16 +
-                           ((lane >> 3) & 1) * 8);
-        b[2 * pair][0] = r[0], b[2 * pair][1] = r[1], b[2 * pair + 1][0] = r[2], b[2 * pair + 1][1] = r[3];
-      }
-#pragma unroll
-      for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-        for (int nj = 0; nj < 4; ++nj)
-#pragma unroll
-          for (int s = 0; s < XS; ++s) {
-            if constexpr (kPromote) mma_bf16(tmp[mi][nj], a[s][mi], b[nj][0], b[nj][1]);
-            else mma_bf16(acc[mi][nj], a[s][mi], b[nj][0], b[nj][1]);
-          }
+      load_fragments<XS>(
+          a, b,
+          [&](int s, int mi) {
+            return as + ((buf * XS + s) * kBM + wm + mi * 16 + (lane & 15)) * kRow + ks * 16 + (lane >> 4) * 8;
+          },
+          [&](int pair) {
+            return bs + (buf * kBN + wn + pair * 16 + (lane & 7) + ((lane >> 4) << 3)) * kRow + ks * 16 +
+                   ((lane >> 3) & 1) * 8;
+          });
+      sums.multiply<XS>(a, b);
       const int64_t kn = k + 16;
       const bool last = kn >= ke;
-      if (last || (kn & group_mask) == 0) promote(buf, ks);
-      if (last || (kn & 127) == 0) flush();
+      if (last || (kn & group_mask) == 0)
+        sums.promote(sxs + (buf * 2 + ks) * kBM + wm + g, sws + (buf * 2 + ks) * kBN + wn + 2 * t);
+      if (last || (kn & 127) == 0) sums.flush(acc64, tid);
     }
     if (more) store(buf ^ 1);
     __syncthreads();
     buf ^= 1;
   }
 
-#pragma unroll
-  for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-    for (int nj = 0; nj < 4; ++nj)
-#pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        const int64_t m = m0 + wm + mi * 16 + g + 8 * (c >> 1), n = n0 + wn + nj * 8 + 2 * t + (c & 1);
-        if (m >= x.rows || n >= w.rows) continue;
-        const double v = acc64[((mi * 4 + nj) * 4 + c) * kThreads + tid];
-        if (partials != nullptr) partials[(static_cast<int64_t>(blockIdx.z) * x.rows + m) * w.rows + n] = v;
-        else out[m * w.rows + n] = finish(v, p, n);
-      }
+  write_outputs(acc64, tid, m0 + wm + g, n0 + wn + 2 * t, x.rows, w.rows, p, partials, out);
 #else
   __trap();  // plan_mma never chooses this kernel below sm_80
+#endif
+}
+
+// --- two passes, for many rows (M >= kPlanesMinRows) ---------------------------------------------
+// Decoding inside the tiles above costs ~75 instructions per mma. With many rows each weight value
+// would be decoded ceil(M / 64) times, so both operands are first decoded once into zero-padded
+// bf16 planes (rows padded to the tiles, K to 128), exactly as the tiles would hold them, and a
+// plain bf16 GEMM streams the planes through a cp.async ring with no per-value work.
+constexpr int kGStages = 3;
+
+// Offset (in bf16) of 8-value piece `chunk` of row `row` in an unpadded 32-wide tile: the pieces
+// are XOR-swizzled so that ldmatrix's 8 rows fall in 8 distinct bank groups (padding instead would
+// not leave room for two blocks per SM).
+__device__ __forceinline__ int swz(int row, int chunk) { return row * kBK + ((chunk ^ ((row >> 1) & 3)) << 3); }
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src));
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
+}
+
+// Planes [planes][rows_p][kp] of `q`: values (scaled unless `promoted`) as one bf16 plane, or split
+// into three; zeros past the operand. 16 values a thread.
+template <int XS>
+__global__ void decode_planes_kernel(QuantOperand q, bool promoted, int64_t rows_p, int64_t kp,
+                                     __nv_bfloat16* out) {
+  __shared__ float lut[256];
+  fill_lut(lut, q.elem);
+  __syncthreads();
+  const int64_t runs_per_row = kp / 16, total = rows_p * runs_per_row;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = i / runs_per_row, c0 = (i - r * runs_per_row) * 16;
+    float v[16];
+    load_values<16>(q, lut, r, c0, v, !promoted);
+    uint32_t u[XS][8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      if constexpr (XS == 1) {
+        u[0][j] = pack_bf16(v[2 * j], v[2 * j + 1]);
+      } else {
+        float a[3], b[3];
+        split3(v[2 * j], a[0], a[1], a[2]);
+        split3(v[2 * j + 1], b[0], b[1], b[2]);
+#pragma unroll
+        for (int s = 0; s < 3; ++s) u[s][j] = pack_bf16(a[s], b[s]);
+      }
+    }
+#pragma unroll
+    for (int s = 0; s < XS; ++s) {
+      uint4* dst = reinterpret_cast<uint4*>(out + (s * rows_p + r) * kp + c0);
+      dst[0] = make_uint4(u[s][0], u[s][1], u[s][2], u[s][3]);
+      dst[1] = make_uint4(u[s][4], u[s][5], u[s][6], u[s][7]);
+    }
+  }
+}
+
+struct Planes {
+  const __nv_bfloat16* a;  // [XS][mp][kp]
+  const __nv_bfloat16* b;  // [np][kp]
+  int64_t mp, kp;
+};
+
+template <int XS, bool kPromote>
+__global__ void __launch_bounds__(kThreads, XS == 1 ? 2 : 1)
+    linear_planes_kernel(Planes pl, QuantOperand x, QuantOperand w, LinearParams p, MmaPlan plan,
+                         int64_t k_per_split, double* partials, float* out) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  extern __shared__ __align__(16) unsigned char smem[];
+  double* acc64 = reinterpret_cast<double*>(smem);                                   // [kOuts][kThreads]
+  __nv_bfloat16* as = reinterpret_cast<__nv_bfloat16*>(acc64 + kOuts * kThreads);  // [S][XS][kBM][kBK]
+  __nv_bfloat16* bs = as + kGStages * XS * kBM * kBK;                               // [S][kBN][kBK]
+  float* sxs = reinterpret_cast<float*>(bs + kGStages * kBN * kBK);                  // [S][2][kBM]
+  float* sws = sxs + kGStages * 2 * kBM;                                             // [S][2][kBN]
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+#pragma unroll
+  for (int i = 0; i < kOuts; ++i) acc64[i * kThreads + tid] = 0.0;
+
+  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * kBM, n0 = static_cast<int64_t>(blockIdx.x) * kBN;
+  const int64_t kb = static_cast<int64_t>(blockIdx.z) * k_per_split;
+  const int64_t ke = min(x.cols, kb + k_per_split);
+  const int64_t steps = (ke - kb + kBK - 1) / kBK;
+  const int wm = (warp >> 2) * 32, wn = (warp & 3) * 32;
+  const int g = lane >> 2, t = lane & 3;
+
+  auto issue = [&](int64_t step) {
+    if (step < steps) {
+      const int slot = static_cast<int>(step % kGStages);
+      const int64_t k0 = kb + step * kBK;
+      // 16-byte pieces: 4 a row of 32 values; XS x 64 rows of x, 128 rows of w
+      for (int i = tid; i < (XS * kBM + kBN) * 4; i += kThreads) {
+        const int row = i >> 2, c = (i & 3) * 8;
+        if (row < XS * kBM) {
+          const int s = row / kBM, r = row - s * kBM;
+          cp_async16(as + swz((slot * XS + s) * kBM + r, i & 3), pl.a + (s * pl.mp + m0 + r) * pl.kp + k0 + c);
+        } else {
+          const int r = row - XS * kBM;
+          cp_async16(bs + swz(slot * kBN + r, i & 3), pl.b + (n0 + r) * pl.kp + k0 + c);
+        }
+      }
+    }
+    cp_async_commit();  // empty groups past the end keep the wait count uniform
+  };
+  float sx_next = 1.0f, sw_next = 1.0f;  // kPromote: this thread's share of a step's scales
+  auto fetch_scales = [&](int64_t step) {
+    if (step >= steps) return;
+    const int64_t c = min(kb + step * kBK + (tid & 1) * 16, x.cols - 1);
+    if (plan.x_promote && tid < 2 * kBM) sx_next = scale_at(x, min(m0 + (tid >> 1), x.rows - 1), c);
+    if (plan.w_promote) sw_next = scale_at(w, min(n0 + (tid >> 1), w.rows - 1), c);
+  };
+  auto stage_scales = [&](int64_t step) {
+    const int slot = static_cast<int>(step % kGStages);
+    if (tid < 2 * kBM) sxs[(slot * 2 + (tid & 1)) * kBM + (tid >> 1)] = sx_next;
+    sws[(slot * 2 + (tid & 1)) * kBN + (tid >> 1)] = sw_next;
+  };
+
+  WarpSums<kPromote> sums;
+  sums.zero();
+
+#pragma unroll
+  for (int s = 0; s < kGStages - 1; ++s) issue(s);
+  if constexpr (kPromote) {
+    fetch_scales(0);
+    stage_scales(0);
+    fetch_scales(1);
+  }
+  const int64_t group_mask = plan.group - 1;
+  for (int64_t step = 0; step < steps; ++step) {
+    cp_async_wait<kGStages - 2>();
+    __syncthreads();  // this step's tiles are in; the slot refilled below has been consumed
+    if constexpr (kPromote) {
+      stage_scales(step + 1);  // read two steps later, after a barrier
+      fetch_scales(step + 2);
+    }
+    issue(step + kGStages - 1);
+    const int slot = static_cast<int>(step % kGStages);
+    const int64_t k0 = kb + step * kBK;
+#pragma unroll
+    for (int ks = 0; ks < kBK / 16; ++ks) {
+      const int64_t k = k0 + ks * 16;
+      if (k >= ke) break;
+      uint32_t a[XS][2][4], b[4][2];
+      load_fragments<XS>(
+          a, b,
+          [&](int s, int mi) {
+            return as + swz((slot * XS + s) * kBM + wm + mi * 16 + (lane & 15), ks * 2 + (lane >> 4));
+          },
+          [&](int pair) {
+            return bs + swz(slot * kBN + wn + pair * 16 + (lane & 7) + ((lane >> 4) << 3), ks * 2 + ((lane >> 3) & 1));
+          });
+      sums.multiply<XS>(a, b);
+      const int64_t kn = k + 16;
+      const bool last = kn >= ke;
+      if (last || (kn & group_mask) == 0)
+        sums.promote(sxs + (slot * 2 + ks) * kBM + wm + g, sws + (slot * 2 + ks) * kBN + wn + 2 * t);
+      if (last || (kn & 127) == 0) sums.flush(acc64, tid);
+    }
+  }
+  cp_async_wait<0>();
+
+  write_outputs(acc64, tid, m0 + wm + g, n0 + wn + 2 * t, x.rows, w.rows, p, partials, out);
+#else
+  __trap();
 #endif
 }
 
@@ -331,6 +545,43 @@ void launch(const QuantOperand& x, const QuantOperand& w, const LinearParams& p,
   ACCDUMP_LAUNCH_CHECK();
 }
 
+int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+
+struct PlaneDims {
+  int64_t mp, np, kp;
+};
+
+PlaneDims plane_dims(const QuantOperand& x, const QuantOperand& w) {
+  return PlaneDims{round_up(x.rows, kBM), round_up(w.rows, kBN), round_up(x.cols, kLinearChunk)};
+}
+
+template <int XS>
+void decode_planes(const QuantOperand& q, bool promoted, int64_t rows_p, int64_t kp, __nv_bfloat16* out,
+                   cudaStream_t stream) {
+  const int64_t runs = rows_p * (kp / 16);
+  if (runs == 0) return;
+  const int blocks = static_cast<int>(std::min<int64_t>(ceil_div(runs, 256), 65535 * 8));
+  decode_planes_kernel<XS><<<blocks, 256, 0, stream>>>(q, promoted, rows_p, kp, out);
+  ACCDUMP_LAUNCH_CHECK();
+}
+
+template <int XS, bool kPromote>
+void launch_planes(const QuantOperand& x, const QuantOperand& w, const LinearParams& p, const MmaPlan& plan,
+                   int64_t splits, double* workspace, void* planes, float* out, cudaStream_t stream) {
+  const PlaneDims d = plane_dims(x, w);
+  __nv_bfloat16* a = static_cast<__nv_bfloat16*>(planes);
+  __nv_bfloat16* b = a + XS * d.mp * d.kp;
+  decode_planes<XS>(x, plan.x_promote, d.mp, d.kp, a, stream);
+  decode_planes<1>(w, plan.w_promote, d.np, d.kp, b, stream);
+  const size_t smem = sizeof(double) * kOuts * kThreads +
+                      sizeof(uint16_t) * kGStages * (XS * kBM + kBN) * kBK + sizeof(float) * kGStages * 2 * (kBM + kBN);
+  ACCDUMP_CUDA_CHECK(cudaFuncSetAttribute(linear_planes_kernel<XS, kPromote>,
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  linear_planes_kernel<XS, kPromote><<<grid_of(x, w, splits), kThreads, smem, stream>>>(
+      Planes{a, b, d.mp, d.kp}, x, w, p, plan, split_length(x.cols, splits), splits > 1 ? workspace : nullptr, out);
+  ACCDUMP_LAUNCH_CHECK();
+}
+
 }  // namespace
 
 bool linear_uses_mma(const QuantOperand& x, const QuantOperand& w, int cc_major) {
@@ -341,14 +592,27 @@ bool linear_uses_mma(const QuantOperand& x, const QuantOperand& w, int cc_major)
 
 int64_t mma_tile_rows() { return kBM; }
 
+int64_t linear_planes_bytes(const QuantOperand& x, const QuantOperand& w, int cc_major) {
+  MmaPlan plan;
+  int xs;
+  if (x.rows < kPlanesMinRows || !plan_mma(x, w, cc_major, plan, xs)) return 0;
+  const PlaneDims d = plane_dims(x, w);
+  return static_cast<int64_t>(sizeof(uint16_t)) * (xs * d.mp + d.np) * d.kp;
+}
+
 void launch_block_scaled_linear_mma(const QuantOperand& x, const QuantOperand& w, const LinearParams& p,
-                                    int cc_major, int64_t splits, double* workspace, float* out,
+                                    int cc_major, int64_t splits, double* workspace, void* planes, float* out,
                                     cudaStream_t stream) {
   MmaPlan plan;
   int xs;
   if (!plan_mma(x, w, cc_major, plan, xs)) throw std::logic_error("accdump: tensor-core linear chosen for operands it cannot take");
   const bool promote = plan.x_promote || plan.w_promote;
-  if (xs == 1 && promote) {
+  if (planes != nullptr) {
+    if (xs == 1 && promote) launch_planes<1, true>(x, w, p, plan, splits, workspace, planes, out, stream);
+    else if (xs == 1) launch_planes<1, false>(x, w, p, plan, splits, workspace, planes, out, stream);
+    else if (promote) launch_planes<3, true>(x, w, p, plan, splits, workspace, planes, out, stream);
+    else launch_planes<3, false>(x, w, p, plan, splits, workspace, planes, out, stream);
+  } else if (xs == 1 && promote) {
     launch<1, true>(x, w, p, plan, splits, workspace, out, stream);
   } else if (xs == 1) {
     launch<1, false>(x, w, p, plan, splits, workspace, out, stream);

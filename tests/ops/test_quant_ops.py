@@ -332,13 +332,14 @@ def make_activation(kind: str, m: int, k: int, gen: torch.Generator, device: str
     return x.to(device), kw, dequant_np(x, fmt, xs, "f32", (1, block))
 
 
+@pytest.mark.parametrize("m", [40, 300])
 @pytest.mark.parametrize("x_kind", ["f32", "bf16", "f16", "e2m1-e4m3", "e4m3-f32", "i8-f32"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_linear_every_operand_pairing(device, backend, gen, case, x_kind):
-    """M > 8 on CUDA takes the tensor-core kernel wherever products stay exact (folded or promoted
-    scales, split activations) and the SIMT kernel elsewhere (3 x 7 blocks): float64-accurate
-    either way, K not a multiple of 32."""
-    m, n, k = 40, 72, 528
+def test_linear_every_operand_pairing(device, backend, gen, case, x_kind, m):
+    """M > 8 on CUDA takes the tensor cores wherever products stay exact (folded or promoted scales,
+    split activations; decoded inside the tiles, or into bf16 planes first from 256 rows on) and the
+    SIMT kernel elsewhere (3 x 7 blocks): float64-accurate either way, K not a multiple of 32."""
+    n, k = 72, 528
     w, fmt, s, sfmt, block = make_operand(case, n, k, gen, device)
     x, xkw, xv = make_activation(x_kind, m, k, gen, device)
     y = ops.block_scaled_linear(x, w, **xkw, w_element=fmt, w_scale=s, w_scale_format=sfmt, w_block=block,
@@ -348,10 +349,11 @@ def test_linear_every_operand_pairing(device, backend, gen, case, x_kind):
     assert rel_err(y, want) < 1e-6
 
 
-def test_linear_inf_and_nan_like_float64(device, backend, gen):
+@pytest.mark.parametrize("m", [24, 260])
+def test_linear_inf_and_nan_like_float64(device, backend, gen, m):
     """Infinite activations (split on the tensor-core path) and NaN weights give NaN and Inf exactly
     where float64 arithmetic does."""
-    m, n, k = 24, 40, 160
+    n, k = 40, 160
     w = rand_bytes((n, k), gen, "e4m3fn")
     w[3, 17] = 0x7F  # NaN
     x = torch.randn(m, k, generator=gen)
@@ -420,8 +422,8 @@ def test_linear_device_mismatch():
 @pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("m,n,k", [(64, 128, 8192), (300, 260, 1000), (5, 700, 4096), (2100, 136, 640)])
 def test_cuda_split_k_and_skinny_are_deterministic(gen, m, n, k, x_dtype):
-    """Split-K (few tiles, long K), tensor-core (split or pipelined bf16 activations) and skinny
-    paths: float64-accurate and bit-identical run to run."""
+    """Split-K (few tiles, long K), tensor-core (tiles or planes, split or bf16 activations) and
+    skinny paths: float64-accurate and bit-identical run to run."""
     w, fmt, s, sfmt, block = make_operand("fp8-block", n, k, gen, "cuda")
     x = torch.randn(m, k, generator=gen).to(x_dtype).cuda()
     run = lambda: ops.block_scaled_linear(x, w, w_element=fmt, w_scale=s, w_block=block, backend="native")  # noqa: E731
