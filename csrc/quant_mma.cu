@@ -130,6 +130,18 @@ struct WarpSums {
     }
   }
 
+  // Adds the group's sums unscaled (its scales were folded into the codes).
+  __device__ __forceinline__ void absorb() {
+    if constexpr (kPromote) {
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int nj = 0; nj < 4; ++nj)
+#pragma unroll
+          for (int c = 0; c < 4; ++c) acc[mi][nj][c] += tmp[mi][nj][c], tmp[mi][nj][c] = 0.0f;
+    }
+  }
+
   __device__ __forceinline__ void flush(double* acc64, int tid) {
 #pragma unroll
     for (int mi = 0; mi < 2; ++mi)
@@ -321,11 +333,12 @@ __device__ __forceinline__ void cp_async_wait() {
 #endif
 }
 
-// Planes [planes][rows_p][kp] of `q`: values (scaled unless `promoted`) as one bf16 plane, or split
-// into three; zeros past the operand. 16 values a thread.
+// Planes [planes][rows_p][kp] of `q`: values (scaled unless `promoted` and not `*folded`) as one
+// bf16 plane, or split into three; zeros past the operand. 16 values a thread.
 template <int XS>
-__global__ void decode_planes_kernel(QuantOperand q, bool promoted, int64_t rows_p, int64_t kp,
+__global__ void decode_planes_kernel(QuantOperand q, bool promoted, const int* folded, int64_t rows_p, int64_t kp,
                                      __nv_bfloat16* out) {
+  if (folded != nullptr && *folded) promoted = false;
   __shared__ float lut[256];
   fill_lut(lut, q.elem);
   __syncthreads();
@@ -357,10 +370,23 @@ __global__ void decode_planes_kernel(QuantOperand q, bool promoted, int64_t rows
   }
 }
 
+// Sets *folded to 0 when a power-of-two (E8M0) scale byte of `q` lies outside [lo, hi]: folding it
+// into the codes could then leave bf16's range. NaN scales (0xff) fold as well as they promote.
+__global__ void e8m0_fold_check_kernel(QuantOperand q, int lo, int hi, int* folded) {
+  const int64_t total = q.scale_rows * q.scale_cols;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = i / q.scale_cols, c = i - r * q.scale_cols;
+    const int b = static_cast<const uint8_t*>(q.scale)[r * q.scale_s0 + c * q.scale_s1];
+    if (b != 0xff && (b < lo || b > hi)) *folded = 0;
+  }
+}
+
 struct Planes {
   const __nv_bfloat16* a;  // [XS][mp][kp]
   const __nv_bfloat16* b;  // [np][kp]
   int64_t mp, kp;
+  const int* folded;       // non-null: *folded != 0 when w's scales were folded into its plane
 };
 
 template <int XS, bool kPromote>
@@ -384,6 +410,7 @@ __global__ void __launch_bounds__(kThreads, XS == 1 ? 2 : 1)
   const int64_t steps = (ke - kb + kBK - 1) / kBK;
   const int wm = (warp >> 2) * 32, wn = (warp & 3) * 32;
   const int g = lane >> 2, t = lane & 3;
+  const bool folded = pl.folded != nullptr && *pl.folded;
 
   auto issue = [&](int64_t step) {
     if (step < steps) {
@@ -405,7 +432,7 @@ __global__ void __launch_bounds__(kThreads, XS == 1 ? 2 : 1)
   };
   float sx_next = 1.0f, sw_next = 1.0f;  // kPromote: this thread's share of a step's scales
   auto fetch_scales = [&](int64_t step) {
-    if (step >= steps) return;
+    if (step >= steps || folded) return;
     const int64_t c = min(kb + step * kBK + (tid & 1) * 16, x.cols - 1);
     if (plan.x_promote && tid < 2 * kBM) sx_next = scale_at(x, min(m0 + (tid >> 1), x.rows - 1), c);
     if (plan.w_promote) sw_next = scale_at(w, min(n0 + (tid >> 1), w.rows - 1), c);
@@ -453,8 +480,10 @@ __global__ void __launch_bounds__(kThreads, XS == 1 ? 2 : 1)
       sums.multiply<XS>(a, b);
       const int64_t kn = k + 16;
       const bool last = kn >= ke;
-      if (last || (kn & group_mask) == 0)
-        sums.promote(sxs + (slot * 2 + ks) * kBM + wm + g, sws + (slot * 2 + ks) * kBN + wn + 2 * t);
+      if (last || (kn & group_mask) == 0) {
+        if (folded) sums.absorb();
+        else sums.promote(sxs + (slot * 2 + ks) * kBM + wm + g, sws + (slot * 2 + ks) * kBN + wn + 2 * t);
+      }
       if (last || (kn & 127) == 0) sums.flush(acc64, tid);
     }
   }
@@ -556,13 +585,26 @@ PlaneDims plane_dims(const QuantOperand& x, const QuantOperand& w) {
 }
 
 template <int XS>
-void decode_planes(const QuantOperand& q, bool promoted, int64_t rows_p, int64_t kp, __nv_bfloat16* out,
-                   cudaStream_t stream) {
+void decode_planes(const QuantOperand& q, bool promoted, const int* folded, int64_t rows_p, int64_t kp,
+                   __nv_bfloat16* out, cudaStream_t stream) {
   const int64_t runs = rows_p * (kp / 16);
   if (runs == 0) return;
   const int blocks = static_cast<int>(std::min<int64_t>(ceil_div(runs, 256), 65535 * 8));
-  decode_planes_kernel<XS><<<blocks, 256, 0, stream>>>(q, promoted, rows_p, kp, out);
+  decode_planes_kernel<XS><<<blocks, 256, 0, stream>>>(q, promoted, folded, rows_p, kp, out);
   ACCDUMP_LAUNCH_CHECK();
+}
+
+// E8M0 scale bytes for which element * scale stays a normal bf16 (or zero) for every code of the
+// element format, so the scale folds into the codes exactly; false for formats not folded.
+bool e8m0_fold_range(DType elem, int& lo, int& hi) {
+  switch (elem) {
+    case DType::kFloat4E2M1FNx2: lo = 2, hi = 252; return true;    // 0.5 .. 6
+    case DType::kFloat8E4M3FN: lo = 10, hi = 246; return true;     // 2^-9 .. 448
+    case DType::kFloat8E4M3FNUZ: lo = 11, hi = 247; return true;   // 2^-10 .. 240
+    case DType::kFloat8E5M2: lo = 17, hi = 239; return true;       // 2^-16 .. 57344
+    case DType::kFloat8E5M2FNUZ: lo = 18, hi = 239; return true;   // 2^-17 .. 57344
+    default: return false;
+  }
 }
 
 template <int XS, bool kPromote>
@@ -571,14 +613,29 @@ void launch_planes(const QuantOperand& x, const QuantOperand& w, const LinearPar
   const PlaneDims d = plane_dims(x, w);
   __nv_bfloat16* a = static_cast<__nv_bfloat16*>(planes);
   __nv_bfloat16* b = a + XS * d.mp * d.kp;
-  decode_planes<XS>(x, plan.x_promote, d.mp, d.kp, a, stream);
-  decode_planes<1>(w, plan.w_promote, d.np, d.kp, b, stream);
+  // MX weights: their power-of-two scales fold into the codes when every scale is in range (checked
+  // on the device, so no host sync); the GEMM then skips the promotions.
+  int* folded = nullptr;
+  int lo, hi;
+  if (plan.w_promote && !plan.x_promote && w.scale_dtype == DType::kFloat8E8M0FNU && e8m0_fold_range(w.elem, lo, hi)) {
+    folded = reinterpret_cast<int*>(b + d.np * d.kp);
+    ACCDUMP_CUDA_CHECK(cudaMemsetAsync(folded, 1, sizeof(int), stream));
+    const int64_t n = w.scale_rows * w.scale_cols;
+    if (n > 0) {
+      e8m0_fold_check_kernel<<<static_cast<int>(std::min<int64_t>(ceil_div(n, 256), 4096)), 256, 0, stream>>>(w, lo, hi,
+                                                                                                               folded);
+      ACCDUMP_LAUNCH_CHECK();
+    }
+  }
+  decode_planes<XS>(x, plan.x_promote, nullptr, d.mp, d.kp, a, stream);
+  decode_planes<1>(w, plan.w_promote, folded, d.np, d.kp, b, stream);
   const size_t smem = sizeof(double) * kOuts * kThreads +
                       sizeof(uint16_t) * kGStages * (XS * kBM + kBN) * kBK + sizeof(float) * kGStages * 2 * (kBM + kBN);
   ACCDUMP_CUDA_CHECK(cudaFuncSetAttribute(linear_planes_kernel<XS, kPromote>,
                                           cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   linear_planes_kernel<XS, kPromote><<<grid_of(x, w, splits), kThreads, smem, stream>>>(
-      Planes{a, b, d.mp, d.kp}, x, w, p, plan, split_length(x.cols, splits), splits > 1 ? workspace : nullptr, out);
+      Planes{a, b, d.mp, d.kp, folded}, x, w, p, plan, split_length(x.cols, splits), splits > 1 ? workspace : nullptr,
+      out);
   ACCDUMP_LAUNCH_CHECK();
 }
 
@@ -597,7 +654,7 @@ int64_t linear_planes_bytes(const QuantOperand& x, const QuantOperand& w, int cc
   int xs;
   if (x.rows < kPlanesMinRows || !plan_mma(x, w, cc_major, plan, xs)) return 0;
   const PlaneDims d = plane_dims(x, w);
-  return static_cast<int64_t>(sizeof(uint16_t)) * (xs * d.mp + d.np) * d.kp;
+  return static_cast<int64_t>(sizeof(uint16_t)) * (xs * d.mp + d.np) * d.kp + 16;  // + the fold flag
 }
 
 void launch_block_scaled_linear_mma(const QuantOperand& x, const QuantOperand& w, const LinearParams& p,

@@ -349,6 +349,24 @@ def test_linear_every_operand_pairing(device, backend, gen, case, x_kind, m):
     assert rel_err(y, want) < 1e-6
 
 
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("m", [40, 300])
+def test_linear_power_of_two_scale_too_large_to_fold(device, backend, gen, m, x_dtype):
+    """An E8M0 scale of 2^121 would take E4M3 codes past bf16's range if folded into them: the
+    tensor-core path applies it to the products instead, finite and float64-accurate."""
+    n, k = 72, 256
+    w = torch.full((n, k), 0x38, dtype=torch.uint8)  # 1.0
+    w[:, ::3] = 0xB0  # -0.5
+    s = torch.full((n, k // 32), 127, dtype=torch.uint8)
+    s[5, 2] = 248
+    x = (torch.randn(m, k, generator=gen) / 64).to(x_dtype)
+    y = ops.block_scaled_linear(x.to(device), w.to(device), w_element="e4m3fn", w_scale=s.to(device),
+                                w_scale_format="e8m0", w_block=(1, 32), backend=backend)  # fmt: skip
+    want = linear_oracle(x.double().numpy(), dequant_np(w, "e4m3fn", s, "e8m0", (1, 32)), None, 1.0)
+    assert np.isfinite(y.cpu().numpy()).all() and abs(want[:, 5]).max() > 2.0**110
+    assert rel_err(y, want) < 1e-6
+
+
 @pytest.mark.parametrize("m", [24, 260])
 def test_linear_inf_and_nan_like_float64(device, backend, gen, m):
     """Infinite activations (split on the tensor-core path) and NaN weights give NaN and Inf exactly
