@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from accdump import ops
 from accdump.diff.metrics import (
     PairMetrics,
     Thresholds,
@@ -25,8 +26,9 @@ from accdump.diff.metrics import (
     verdict_of,
     worst_rows,
 )
+from accdump.diff.prefetch import WORKERS, Job, Prefetcher
 from accdump.diff.rules import RenameRules
-from accdump.diff.streaming import Staging, streamable, streamed_metrics, streamed_row_cosine
+from accdump.diff.streaming import Staging, streamable, streamed_row_cosine
 from accdump.diff.unshard import UnshardedDump, UnshardRules
 from accdump.store import Dump, Record, Role, load
 
@@ -52,7 +54,7 @@ PAIR_COLUMNS = (
 )
 
 
-@dataclass
+@dataclass(slots=True)
 class Pair:
     golden: Record
     target: Record
@@ -266,31 +268,39 @@ def compare(
     token_diff = _first_token_diff(gd, td, common_steps)
     golden_by_key = {_key(r): r for r in gd.records() if r.step in common_steps and r.role != Role.TOKENS}
     matched: set[Key] = set()
-    pairs: list[Pair] = []
+    by_name: list[tuple[Record, Record]] = []
     only_target: list[Record] = []
     target_records = [r for r in td.records() if r.step in common_steps and r.role != Role.TOKENS]
-    for i, t in enumerate(target_records):
-        if progress is not None:
-            progress(i, len(target_records))
+    for t in target_records:
         key = _key(t, rules.apply(t.name))
         g = golden_by_key.get(key)
         if g is None:
             only_target.append(t)
             continue
         matched.add(key)
-        pairs.append(_measure(gd, td, g, t, th, staging))
+        by_name.append((g, t))
     only_golden = [r for k, r in golden_by_key.items() if k not in matched]
     # Structure decides only when names mostly fail to pair (a re-implementation): where names do
     # pair, records left over on each side are genuinely one-sided and are listed as such.
     names_differ = len(matched) < 0.5 * max(1, len(target_records))
+    by_structure: list[tuple[Record, Record, float]] = []
     if structural and names_differ and only_golden and only_target:
         by_structure, only_golden, only_target = align_by_structure(only_golden, only_target)
-        for g, t, confidence in by_structure:
-            pair = _measure(gd, td, g, t, th, staging)
-            pair.note = (pair.note + "; " if pair.note else "") + (
-                f"matched by structure (kind, role, shape; confidence {confidence:.2f})"
-            )
-            pairs.append(pair)
+    # tensors are read ahead on worker threads; an unsharded target merges shards one record at a
+    # time and is read in turn
+    workers = WORKERS if isinstance(gd, Dump) and isinstance(td, Dump) else 0
+    to_measure = by_name + [(g, t) for g, t, _ in by_structure]
+    with Prefetcher(gd, td, staging.device, staging.chunk_bytes, workers) as ahead:
+        pairs: list[Pair] = []
+        streamed = ahead.metrics([_job(g, t, th) for g, t in to_measure])
+        for i, ((g, t), pm) in enumerate(zip(to_measure, streamed, strict=True)):
+            if progress is not None:
+                progress(i, len(to_measure))
+            pairs.append(_measure(gd, td, g, t, th, staging, pm))
+    for pair, (_, _, confidence) in zip(pairs[len(by_name) :], by_structure, strict=True):
+        pair.note = (pair.note + "; " if pair.note else "") + (
+            f"matched by structure (kind, role, shape; confidence {confidence:.2f})"
+        )
     pairs.sort(key=lambda p: (p.target.step, p.target.rank, p.target.order))
 
     limit_step = token_diff["step"] if token_diff else None
@@ -353,10 +363,26 @@ def align_by_structure(
     return pairs, left_g, left_t
 
 
-def _measure(gd: Dump, td: Dump, g: Record, t: Record, th: Thresholds, staging: Staging) -> Pair:
+def _job(g: Record, t: Record, th: Thresholds) -> Job | None:
+    """What Prefetcher measures of a pair: its streamed metrics when both tensors stream."""
+    if not streamable(g, t):
+        return None
     th = th.for_name(t.name)
-    if streamable(g, t):  # the common case: read piece by piece, overlapped with the device's work
-        pm = streamed_metrics(gd, g, td, t, th.atol, th.rtol, staging)
+    return Job(g, t, th.atol, th.rtol)
+
+
+def _measure(
+    gd: Dump,
+    td: Dump,
+    g: Record,
+    t: Record,
+    th: Thresholds,
+    staging: Staging,
+    pm: ops.PairMetrics | None,
+) -> Pair:
+    """One pair's metrics and verdict; `pm`: its streamed metrics, when both tensors stream (_job)."""
+    th = th.for_name(t.name)
+    if pm is not None:  # the common case: read piece by piece, ahead, overlapped with the metrics
         counts = (
             (g.stats.nan, t.stats.nan),
             (g.stats.posinf + g.stats.neginf, t.stats.posinf + t.stats.neginf),

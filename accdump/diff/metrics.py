@@ -111,7 +111,7 @@ class Thresholds:
         return replace(top, overrides=tuple(overrides))
 
 
-@dataclass
+@dataclass(slots=True)
 class PairMetrics:
     """What compare measured for one pair; fields are None when not measurable from the data."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -125,8 +125,19 @@ def finite_json(o: Any) -> Any:
 
 
 def write_json(result: CompareResult, path: str | Path) -> None:
-    """The whole result; NaN / Inf metrics (e.g. the SQNR of identical tensors) are written as null."""
-    Path(path).write_text(json.dumps(finite_json(result.to_dict()), indent=1, allow_nan=False))
+    """The whole result; NaN / Inf metrics (e.g. the SQNR of identical tensors) are written as null.
+    Pairs are encoded one at a time (the text json.dumps gives): memory does not grow with them."""
+    doc = finite_json(replace(result, pairs=[]).to_dict())
+    doc["pairs"] = doc.pop("pairs")  # last, so the text ends with its (here empty) list
+    head = json.dumps(doc, indent=1, allow_nan=False)
+    empty = '"pairs": []\n}'
+    with open(path, "w") as f:
+        f.write(head[: -len(empty)] + '"pairs": [')
+        sep = "\n  "
+        for p in result.pairs:
+            f.write(sep + json.dumps(finite_json(p.row()), indent=1, allow_nan=False).replace("\n", "\n  "))
+            sep = ",\n  "
+        f.write("\n ]\n}" if result.pairs else "]\n}")
 
 
 def _clean(d: dict[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ equals compare_metrics over the whole tensors.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -66,16 +67,23 @@ class Staging:
             self._events[slot] = ev
 
 
-def _chunks(g: Record, t: Record, staging: Staging, align_rows: bool):
-    """(first element, values of g, values of t) on the device, chunk by chunk."""
+def chunk_spans(g: Record, t: Record, chunk_bytes: int, align_rows: bool) -> Iterator[tuple[int, int]]:
+    """(first element, element count) of each chunk of g and t: at most `chunk_bytes` per side, and
+    whole rows (over the last dimension) with `align_rows` when a row fits in a chunk."""
     dg, dt = dtype_from_name(g.dtype), dtype_from_name(t.dtype)
     numel = math.prod(g.shape)
-    per = max(1, staging.chunk_bytes // max(dg.itemsize, dt.itemsize))
+    per = max(1, chunk_bytes // max(dg.itemsize, dt.itemsize))
     row = g.shape[-1] if g.shape else 1
     if align_rows and row <= per:
         per -= per % row
-    for i, start in enumerate(range(0, numel, per)):
-        n = min(per, numel - start)
+    for start in range(0, numel, per):
+        yield start, min(per, numel - start)
+
+
+def _chunks(g: Record, t: Record, staging: Staging, align_rows: bool):
+    """(slot, first element, element count, dtypes) of each chunk, once its staging slot is free."""
+    dg, dt = dtype_from_name(g.dtype), dtype_from_name(t.dtype)
+    for i, (start, n) in enumerate(chunk_spans(g, t, staging.chunk_bytes, align_rows)):
         slot = i % 2
         staging.wait(slot)
         yield slot, start, n, dg, dt
@@ -100,6 +108,13 @@ def streamed_metrics(
         staging.release_after_copies(slot)
         vectors.append(ops.compare_metrics_raw(a, b, atol, rtol))
         starts.append(start)
+    return merged_metrics(vectors, starts, atol, rtol)
+
+
+def merged_metrics(
+    vectors: list[torch.Tensor], starts: list[int], atol: float, rtol: float
+) -> ops.PairMetrics:
+    """One pair's metrics from the compare_metrics vectors of its chunks starting at `starts`."""
     if not vectors:  # empty tensors
         empty = torch.zeros(0)
         return ops.compare_metrics(empty, empty, atol, rtol)

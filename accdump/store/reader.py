@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -165,6 +166,9 @@ class Dump:
         if not self._rank_dirs:
             raise DumpFormatError(f"{self.path}: holds no rankNNNNN directories: not an accdump dump")
         self._open: dict[Path, h5py.File] = {}  # segment files kept open for tensor reads
+        # held across each read: compare reads from threads, and close() must not pull a file
+        # from under a read (h5py serialises reads anyway, so this costs no parallelism)
+        self._lock = threading.RLock()
 
     def _heap(self, segment: Path) -> Any:
         f = self._open.get(segment)
@@ -176,9 +180,10 @@ class Dump:
 
     def close(self) -> None:
         """Closes the segment files opened to read tensors (reopened when needed)."""
-        for f in self._open.values():
-            f.close()
-        self._open.clear()
+        with self._lock:
+            for f in self._open.values():
+                f.close()
+            self._open.clear()
 
     def __del__(self) -> None:
         try:
@@ -256,7 +261,8 @@ class Dump:
             )
         where = f"{record.segment}: tensor of {record.name!r} (step {record.step})"
         try:
-            raw = self._heap(record.segment)[record.heap_offset : record.heap_offset + record.heap_nbytes]
+            with self._lock:
+                raw = self._heap(record.segment)[record.heap_offset : record.heap_offset + record.heap_nbytes]
         except Exception as exc:  # a checksum mismatch or a damaged file
             raise DumpFormatError(f"{where} cannot be read: {exc}") from exc
         try:
@@ -271,7 +277,9 @@ class Dump:
             raise DumpFormatError(f"{record.name!r}: bytes [{start}, {start + out.size}) are not stored")
         begin = record.heap_offset + start
         try:
-            self._heap(record.segment).read_direct(out, np.s_[begin : begin + out.size], np.s_[0 : out.size])
+            with self._lock:
+                heap = self._heap(record.segment)
+                heap.read_direct(out, np.s_[begin : begin + out.size], np.s_[0 : out.size])
         except Exception as exc:
             raise DumpFormatError(
                 f"{record.segment}: tensor of {record.name!r} (step {record.step}) cannot be read: {exc}"
