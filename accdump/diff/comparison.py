@@ -7,7 +7,6 @@ import math
 import os
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -27,171 +26,16 @@ from accdump.diff.metrics import (
     worst_rows,
 )
 from accdump.diff.prefetch import WORKERS, Job, Prefetcher
+from accdump.diff.result import CompareResult, Divergence, Pair
 from accdump.diff.rules import RenameRules
 from accdump.diff.streaming import Staging, streamable, streamed_row_cosine
+from accdump.diff.structure import align_by_structure
 from accdump.diff.unshard import UnshardedDump, UnshardRules
 from accdump.store import Dump, Record, Role, load
 
 Key = tuple[int, int, str, int, int, str]
 
 _LAYER = re.compile(r"(^|\.)layers?\.(\d+)$")
-
-
-PAIR_COLUMNS = (
-    "rank",
-    "step",
-    "order",
-    "name",
-    "golden_name",
-    "call",
-    "role",
-    "arg",
-    "dtype_golden",
-    "dtype_target",
-    "shape",
-    "verdict",
-    "note",
-)
-
-
-@dataclass(slots=True)
-class Pair:
-    golden: Record
-    target: Record
-    metrics: PairMetrics | None
-    verdict: Verdict
-    note: str = ""
-
-    @property
-    def failing(self) -> bool:
-        return self.verdict >= Verdict.BROKEN
-
-    def row(self) -> dict[str, Any]:
-        t = self.target
-        return {
-            "rank": t.rank,
-            "step": t.step,
-            "order": t.order,
-            "name": t.name,
-            "golden_name": self.golden.name,
-            "call": t.call,
-            "role": t.role.name.lower(),
-            "arg": t.arg,
-            "dtype_golden": self.golden.dtype,
-            "dtype_target": t.dtype,
-            "shape": list(t.shape),
-            "verdict": self.verdict.label,
-            "note": self.note,
-            **(self.metrics.to_dict() if self.metrics else {}),
-        }
-
-
-@dataclass
-class Divergence:
-    pair: Pair
-    inputs: list[Pair]
-    attributed_to: str  # the module (or code region) the error is attributed to
-    explanation: str
-    last_passing: Pair | None
-    token_cosine: list[float] = field(default_factory=list)  # per row, when both tensors were stored
-
-    def to_dict(self) -> dict[str, Any]:
-        t = self.pair.target
-        return {
-            "rank": t.rank,
-            "step": t.step,
-            "name": t.name,
-            "golden_name": self.pair.golden.name,
-            "call": t.call,
-            "role": t.role.name.lower(),
-            "arg": t.arg,
-            "verdict": self.pair.verdict.label,
-            "metrics": self.pair.metrics.to_dict() if self.pair.metrics else None,
-            "inputs": [p.row() for p in self.inputs],
-            "attributed_to": self.attributed_to,
-            "explanation": self.explanation,
-            "last_passing": self.last_passing.target.name if self.last_passing else None,
-        }
-
-
-@dataclass
-class CompareResult:
-    golden: str
-    target: str
-    pairs: list[Pair]
-    only_golden: list[Record]
-    only_target: list[Record]
-    first_divergence: Divergence | None
-    first_token_diff: dict[str, Any] | None
-    steps_note: str
-    trajectory: list[dict[str, Any]] = field(default_factory=list)
-    propagates: bool | None = None
-    findings: list[str] = field(default_factory=list)  # e.g. ranks disagreeing on replicated tensors
-
-    @property
-    def exit_code(self) -> int:
-        return 1 if self.first_divergence is not None or self.first_token_diff is not None else 0
-
-    def verdict_line(self) -> str:
-        d = self.first_divergence
-        tok = self.first_token_diff
-        if d is None:
-            if tok is not None:
-                return (
-                    f"DIVERGED: generated tokens differ from step {tok['step']} on, but no record "
-                    "failed its thresholds before that step"
-                )
-            return f"OK: no divergence in {len(self.pairs)} compared records ({self.steps_note})"
-        p, m = d.pair, d.pair.metrics
-        what = []
-        if m is not None:
-            if m.cosine is not None:
-                what.append(f"cosine {m.cosine:.4f}")
-            if m.norm_ratio is not None:
-                what.append(f"norm ratio {m.norm_ratio:.3f}")
-            if m.rel_l2 is not None:
-                what.append(f"rel L2 {m.rel_l2:.3g}")
-            if m.std_rel_diff is not None:
-                what.append(f"std rel diff {m.std_rel_diff:.3g}")
-            if m.absmax_rel_diff is not None:
-                what.append(f"absmax rel diff {m.absmax_rel_diff:.3g}")
-            if m.mean_diff is not None:
-                what.append(f"mean shift {m.mean_diff:.3g} std")
-            if m.new_nan or m.new_inf:
-                what.append(f"{m.new_nan} new NaN, {m.new_inf} new Inf")
-        if p.note:
-            what.append(p.note)
-        golden_name = "" if p.golden.name == p.target.name else f" (golden: {p.golden.name or '<root>'})"
-        return (
-            f"DIVERGED at rank {p.target.rank}, step {p.target.step}: {d.attributed_to}{golden_name} "
-            f"({p.verdict.label}; {', '.join(what)}). {d.explanation}"
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "golden": self.golden,
-            "target": self.target,
-            "first_divergence": self.first_divergence.to_dict() if self.first_divergence else None,
-            "first_token_diff": self.first_token_diff,
-            "propagates": self.propagates,
-            "steps": self.steps_note,
-            "trajectory": self.trajectory,
-            "only_golden": [_rec_id(r) for r in self.only_golden],
-            "only_target": [_rec_id(r) for r in self.only_target],
-            "findings": self.findings,
-            "pairs": [p.row() for p in self.pairs],
-        }
-
-
-def _rec_id(r: Record) -> dict[str, Any]:
-    return {
-        "rank": r.rank,
-        "step": r.step,
-        "name": r.name,
-        "call": r.call,
-        "role": r.role.name.lower(),
-        "arg": r.arg,
-    }
 
 
 def _key(r: Record, name: str | None = None) -> Key:
@@ -323,44 +167,6 @@ def compare(
         if g.shape == t.shape and len(g.shape) >= 1 and streamable(g, t):
             divergence.token_cosine = streamed_row_cosine(gd, g, td, t, staging).tolist()
     return result
-
-
-def _signature(r: Record) -> str:
-    return f"{r.kind}|{int(r.role)}|{r.arg}|{'x'.join(map(str, r.shape))}"
-
-
-def align_by_structure(
-    golden: list[Record], target: list[Record]
-) -> tuple[list[tuple[Record, Record, float]], list[Record], list[Record]]:
-    """Sequence-aligns unpaired records per (rank, step) on their structure: returns the pairs
-    (golden, target, confidence) and the records still unpaired on each side. Confidence is the
-    share of the step's unpaired records that the alignment matched."""
-    from difflib import SequenceMatcher
-
-    groups: dict[tuple[int, int], tuple[list[Record], list[Record]]] = {}
-    for r in golden:
-        groups.setdefault((r.rank, r.step), ([], []))[0].append(r)
-    for r in target:
-        groups.setdefault((r.rank, r.step), ([], []))[1].append(r)
-    pairs: list[tuple[Record, Record, float]] = []
-    left_g: list[Record] = []
-    left_t: list[Record] = []
-    for gs, ts in groups.values():
-        gs.sort(key=lambda r: r.order)
-        ts.sort(key=lambda r: r.order)
-        matcher = SequenceMatcher(
-            None, [_signature(r) for r in gs], [_signature(r) for r in ts], autojunk=False
-        )
-        confidence = matcher.ratio()
-        used_g, used_t = set(), set()
-        for block in matcher.get_matching_blocks():
-            for k in range(block.size):
-                pairs.append((gs[block.a + k], ts[block.b + k], confidence))
-                used_g.add(block.a + k)
-                used_t.add(block.b + k)
-        left_g += [r for i, r in enumerate(gs) if i not in used_g]
-        left_t += [r for i, r in enumerate(ts) if i not in used_t]
-    return pairs, left_g, left_t
 
 
 def _job(g: Record, t: Record, th: Thresholds) -> Job | None:

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from accdump.diff.comparison import CompareResult, Pair
 from accdump.diff.metrics import Verdict, is_integer
 from accdump.diff.report import CONTROLS
+from accdump.diff.result import CompareResult, Pair
 from accdump.errors import AccdumpError
 from accdump.store import Dump, Record, load
 

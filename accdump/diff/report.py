@@ -13,8 +13,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from accdump.diff.comparison import PAIR_COLUMNS, CompareResult, Pair
 from accdump.diff.metrics import PairMetrics, Verdict
+from accdump.diff.result import PAIR_COLUMNS, CompareResult, Pair
 
 STYLE = {
     Verdict.PASS: "green",

@@ -16,9 +16,9 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from accdump.diff.comparison import CompareResult, Pair
 from accdump.diff.metrics import PairMetrics, is_integer
 from accdump.diff.report import CONTROLS
+from accdump.diff.result import CompareResult, Pair
 
 MAX_STEPS = 12  # lines per plot; more steps are sampled evenly, the divergent step always kept
 RED = "#c62828"
