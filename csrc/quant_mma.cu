@@ -80,6 +80,23 @@ __device__ __forceinline__ void split3(float v, float& hi, float& mid, float& lo
   lo = r - mid;
 }
 
+// Values v[0 .. 2N) as bf16 pairs: one plane (exact by plan_mma), or three planes that sum to them.
+template <int XS, int N>
+__device__ __forceinline__ void pack_planes(const float* v, uint32_t (&u)[XS][N]) {
+#pragma unroll
+  for (int j = 0; j < N; ++j) {
+    if constexpr (XS == 1) {
+      u[0][j] = pack_bf16(v[2 * j], v[2 * j + 1]);
+    } else {
+      float a[3], b[3];
+      split3(v[2 * j], a[0], a[1], a[2]);
+      split3(v[2 * j + 1], b[0], b[1], b[2]);
+#pragma unroll
+      for (int s = 0; s < 3; ++s) u[s][j] = pack_bf16(a[s], b[s]);
+    }
+  }
+}
+
 // This thread's share of its warp's 32 x 32 outputs (2 x 4 mma tiles of 16 x 8): float32 sums of
 // the current 128 values of K (promoted, if scaled) and, with kPromote, of the current scale group;
 // every 128 values the sums go to the float64 accumulators acc64[kOuts][kThreads] in shared memory.
@@ -228,18 +245,7 @@ __global__ void __launch_bounds__(kThreads, XS == 1 ? 2 : 1)
     }
     float v[16];
     load_values<8>(x, lut_x, m0 + xr, k0 + xc, v, !plan.x_promote);
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      if constexpr (XS == 1) {
-        xp[0][j] = pack_bf16(v[2 * j], v[2 * j + 1]);
-      } else {
-        float a[3], b[3];
-        split3(v[2 * j], a[0], a[1], a[2]);
-        split3(v[2 * j + 1], b[0], b[1], b[2]);
-#pragma unroll
-        for (int s = 0; s < 3; ++s) xp[s][j] = pack_bf16(a[s], b[s]);
-      }
-    }
+    pack_planes<XS, 4>(v, xp);
     load_values<16>(w, lut_w, n0 + wr, k0 + wc, v, !plan.w_promote);
 #pragma unroll
     for (int j = 0; j < 8; ++j) wp[j] = pack_bf16(v[2 * j], v[2 * j + 1]);
@@ -349,18 +355,7 @@ __global__ void decode_planes_kernel(QuantOperand q, bool promoted, const int* f
     float v[16];
     load_values<16>(q, lut, r, c0, v, !promoted);
     uint32_t u[XS][8];
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      if constexpr (XS == 1) {
-        u[0][j] = pack_bf16(v[2 * j], v[2 * j + 1]);
-      } else {
-        float a[3], b[3];
-        split3(v[2 * j], a[0], a[1], a[2]);
-        split3(v[2 * j + 1], b[0], b[1], b[2]);
-#pragma unroll
-        for (int s = 0; s < 3; ++s) u[s][j] = pack_bf16(a[s], b[s]);
-      }
-    }
+    pack_planes<XS, 8>(v, u);
 #pragma unroll
     for (int s = 0; s < XS; ++s) {
       uint4* dst = reinterpret_cast<uint4*>(out + (s * rows_p + r) * kp + c0);
