@@ -16,6 +16,7 @@ import torch
 
 from accdump import _native, reference
 from accdump.errors import NativeUnavailableError, OpInputError
+from accdump.store.schema import STATS_FIELDS
 
 Backend = Literal["auto", "native", "reference"]
 
@@ -112,7 +113,8 @@ class TensorStats:
         return self.count - self.nan - self.posinf - self.neginf
 
 
-STATS_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(TensorStats))
+if STATS_FIELDS != tuple(f.name for f in fields(TensorStats)):
+    raise ImportError("accdump.ops.TensorStats and the dump schema's STATS_FIELDS disagree")
 
 
 def tensor_stats_raw(x: torch.Tensor, backend: Backend = "auto") -> torch.Tensor:

@@ -5,7 +5,10 @@ taking turns) and charges each difference to one part:
   hooks         pre- and post-hooks shaped like accdump's (partial, kwargs, always_call) doing nothing
   recorder      accdump.record with the statistics op replaced by a no-op and no segment written
   stats op      the real statistics op (one launch per tensor not already measured in the step)
-  writer        the background thread building and writing one segment per forward
+  writer        building and writing one segment per forward: the table in the writer thread, the
+                HDF5 file in the segment writer process (accdump's default)
+  writer thread the same with the HDF5 file written in the writer thread (ACCDUMP_WRITER=thread),
+                charged against "stats op" like "writer"
 and also the host cost of one statistics op call on a small tensor.
 
     python benchmarks/record_breakdown.py                  # GPU: bench_record's H100 preset
@@ -18,6 +21,7 @@ import argparse
 import contextlib
 import functools
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -104,8 +108,11 @@ def main() -> None:
             for h in handles:
                 h.remove()
         else:
+            if part == "writer thread":
+                os.environ["ACCDUMP_WRITER"] = "thread"
             with accdump.record(model, tmp / "d", overwrite=True) as rec:
-                if part != "writer":
+                os.environ.pop("ACCDUMP_WRITER", None)
+                if not part.startswith("writer"):
                     rec._writer.submit = lambda payload: None  # type: ignore[method-assign,union-attr]
                 if part == "recorder":
                     rec._stats_into = count_launches
@@ -113,7 +120,7 @@ def main() -> None:
 
     # Parts run in turns, a few forwards each, so that a machine whose speed drifts (shared
     # CPUs) slows every part alike; the first forward of each turn is not timed.
-    parts = ("plain", "hooks", "recorder", "stats op", "writer")
+    parts = ("plain", "hooks", "recorder", "stats op", "writer", "writer thread")
     times: dict[str, list[float]] = {part: [] for part in parts}
     per_forward = 0
     for _ in range(args.rounds):
@@ -143,8 +150,8 @@ def main() -> None:
     for c in ("part", "forward µs", "× plain", "+µs / record", "total µs / record"):
         table.add_column(c, justify="right")
     rows = []
-    prev = median["plain"]
-    for part, t in median.items():
+    for i, (part, t) in enumerate(median.items()):
+        prev = median[parts[i - 1] if part != "writer thread" else "stats op"] if i else t
         row = {
             "part": part,
             "forward_us": t,
@@ -160,7 +167,6 @@ def main() -> None:
             f"{row['us_per_record']:.2f}",
             f"{row['total_us_per_record']:.2f}",
         )
-        prev = t
     Console(width=140).print(table)
     print(f"one tensor_stats_into call: {op_us:.2f} µs of host time")
     Path(args.json).write_text(

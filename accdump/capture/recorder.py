@@ -44,6 +44,7 @@ from accdump.errors import AccdumpError, RecordWriteError
 from accdump.store.dtypes import dtype_name
 from accdump.store.schema import FORMAT_NAME, FORMAT_VERSION, Role
 from accdump.store.writer import SegmentWriter, json_attr
+from accdump.store.writer_process import LocalSegments, SegmentProcess
 
 Mode = Literal["stats", "tensor", "hash"]
 Level = Literal["module", "op", "all"]
@@ -83,6 +84,14 @@ def _stats_into_function() -> Any:
         (native if t.device.type == "cpu" else ops.tensor_stats_into)(t, out, row)
 
     return by_device
+
+
+def _segment_sink(writer: SegmentWriter) -> SegmentProcess | LocalSegments:
+    """Where segments are written: a child process (HDF5 work then holds no lock of this
+    interpreter's), unless ACCDUMP_WRITER=thread."""
+    if os.environ.get("ACCDUMP_WRITER", "process") == "thread":
+        return LocalSegments(writer)
+    return SegmentProcess(writer)
 
 
 _active: Recorder | None = None
@@ -169,7 +178,7 @@ class Recorder:
                 )
             writer = SegmentWriter(self.path, self.rank, self._run_attrs(), overwrite=self.overwrite)
             # strict: at most two steps queued, so that a failed write stops the program promptly
-            self._writer = WriterThread(writer, max_pending_steps=2 if self.strict else 32)
+            self._writer = WriterThread(_segment_sink(writer), max_pending_steps=2 if self.strict else 32)
             _active = self
         self.enabled = True
         if self.model is not None:

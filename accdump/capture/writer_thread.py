@@ -14,37 +14,28 @@ import time
 import numpy as np
 import torch
 
-from accdump.capture.fingerprint import hex_digests
 from accdump.capture.step_buffer import CHUNK_ROWS, Capture, StepPayload
 from accdump.errors import AccdumpError, RecordWriteError
-from accdump.ops import STATS_FIELDS
 from accdump.store.dtypes import tensor_to_bytes
-from accdump.store.schema import record_dtype
-from accdump.store.writer import SegmentWriter
+from accdump.store.record_table import (
+    INT_COLUMNS,
+    STRING_COLUMNS,
+    StepColumns,
+    build_table,
+    heap_layout,
+    hex_digests,
+)
+from accdump.store.schema import STATS_FIELDS
+from accdump.store.writer_process import LocalSegments, SegmentProcess
 
 MAX_BATCH_STEPS = 64  # steps one segment may hold (when they queued up)
-
-
-def _encoded(values: tuple[str, ...]) -> np.ndarray:
-    """UTF-8 bytes of each string (`S<longest>`), encoding each distinct string once."""
-    codes = {v: v.encode("utf-8") for v in set(values)}
-    return np.array([codes[v] for v in values], dtype=bytes)
-
-
-def _padded(tuples: tuple[tuple[int, ...], ...], ndims: np.ndarray, width: int) -> np.ndarray:
-    """[n, width] int64 array of the tuples (tuple i has ndims[i] entries), padded with zeros."""
-    out = np.zeros((len(tuples), width), dtype=np.int64)
-    flat = itertools.chain.from_iterable(tuples)
-    out[np.arange(width) < ndims[:, None]] = np.fromiter(flat, dtype=np.int64, count=int(ndims.sum()))
-    return out
 
 
 def _heap(tensors: list[torch.Tensor]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
     """The heap pieces of distinct host tensors, with each one's offset and size in the heap."""
     heap = [tensor_to_bytes(t) for t in tensors]
     sizes = np.fromiter((h.size for h in heap), dtype=np.int64, count=len(heap))
-    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64) if heap else sizes
-    return heap, offsets, sizes
+    return heap, heap_layout(sizes), sizes
 
 
 def replay_rows(p: StepPayload) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -68,62 +59,49 @@ def replay_rows(p: StepPayload) -> tuple[np.ndarray, list[np.ndarray]]:
     return rows, heap
 
 
-def payload_rows(p: StepPayload) -> tuple[np.ndarray, list[np.ndarray]]:
-    """The record table and heap pieces of one step (after its device work completed).
-
-    Built column by column from the captures transposed at once: this runs beside the user's
-    program, and per-record work would hold the GIL long enough to slow it down."""
+def step_columns(p: StepPayload) -> tuple[StepColumns, list[np.ndarray]]:
+    """One step as arrays and heap pieces, ready for its table (record_table.build_table), after
+    its device work completed: each capture field converted at once, at C speed."""
     if p.replay is not None:
-        return replay_rows(p)
+        table, replay_heap = replay_rows(p)
+        return StepColumns(p.step, table=table), replay_heap
     if not p.captures:
-        return np.zeros(0, dtype=record_dtype({}, 1)), []
+        return StepColumns(p.step), []
     n = len(p.captures)
     cols = dict(zip(Capture._fields, zip(*p.captures, strict=True), strict=True))
-    stats = np.zeros((n, len(STATS_FIELDS)))
-    hashes = np.zeros(n, dtype="S1")
-    stats_index = np.asarray(cols["stats_index"], dtype=np.int64)
-    hash_index = np.asarray(cols["hash_index"], dtype=np.int64)
-    devices = np.asarray(cols["device"], dtype=object)
-    for dev in set(cols["device"]):
-        idx = np.flatnonzero(devices == dev)
-        stats[idx] = torch.cat(p.stats[dev]).numpy()[stats_index[idx]]
-        hashed = idx[hash_index[idx] >= 0]
-        if len(hashed):
-            hashes = hashes.astype("S32")
-            hashes[hashed] = hex_digests(torch.cat(p.hashes[dev]).numpy()[hash_index[hashed]])
-    strings = {col: _encoded(cols[col]) for col in ("name", "arg", "kind", "dtype", "device")}
-    strings["hash"] = hashes
     ndims = np.fromiter(map(len, cols["shape"]), dtype=np.int64, count=n)
-    dims = max(1, int(ndims.max()))
-    rows = np.zeros(n, dtype=record_dtype({col: v.dtype.itemsize for col, v in strings.items()}, dims))
-    rows["step"] = p.step
-    for col in ("order", "call", "role", "storage_offset", "contiguous"):
-        rows[col] = cols[col]
-    for col, vals in strings.items():
-        rows[col] = vals
-    rows["ndim"] = ndims
-    rows["shape"] = _padded(cols["shape"], ndims, dims)
-    rows["strides"] = _padded(cols["strides"], ndims, dims)
-    for k, f in enumerate(STATS_FIELDS):
-        rows[f] = stats[:, k]
+    total = int(ndims.sum())
+    sc = StepColumns(
+        p.step,
+        ints={c: np.fromiter(cols[c], dtype=np.int64, count=n) for c in INT_COLUMNS},
+        strings={c: np.array(cols[c], dtype=str) for c in STRING_COLUMNS},
+        ndims=ndims,
+        shapes=np.fromiter(itertools.chain.from_iterable(cols["shape"]), dtype=np.int64, count=total),
+        strides=np.fromiter(itertools.chain.from_iterable(cols["strides"]), dtype=np.int64, count=total),
+        stats={dev: torch.cat(chunks).numpy() for dev, chunks in p.stats.items()},
+        hashes={dev: torch.cat(chunks).numpy() for dev, chunks in p.hashes.items()},
+    )
+    tensors = cols["tensor"]
     heap: list[np.ndarray] = []
-    offsets = np.full(n, -1, dtype=np.int64)
-    sizes = np.zeros(n, dtype=np.int64)
-    offset = 0
-    stored: dict[int, int] = {}  # id(host copy) -> heap offset: a tensor captured twice is stored once
-    for i, t in enumerate(cols["tensor"]):
-        if t is None:
-            continue
-        raw = tensor_to_bytes(t)
-        sizes[i] = raw.size
-        if id(t) in stored:
-            offsets[i] = stored[id(t)]
-            continue
-        offsets[i] = stored[id(t)] = offset
-        heap.append(raw)
-        offset += raw.size
-    rows["heap_offset"], rows["heap_nbytes"] = offsets, sizes
-    return rows, heap
+    if tensors.count(None) != n:
+        slot = np.full(n, -1, dtype=np.int64)
+        stored: dict[int, int] = {}  # id(host copy) -> slot: a tensor captured twice is stored once
+        for i, t in enumerate(tensors):
+            if t is None:
+                continue
+            k = stored.get(id(t))
+            if k is None:
+                k = stored[id(t)] = len(heap)
+                heap.append(tensor_to_bytes(t))
+            slot[i] = k
+        sc.heap_slot = slot
+    return sc, heap
+
+
+def payload_rows(p: StepPayload) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The record table and heap pieces of one step."""
+    sc, heap = step_columns(p)
+    return build_table(sc, [int(h.size) for h in heap]), heap
 
 
 def _payload_bytes(p: StepPayload) -> int:
@@ -134,35 +112,6 @@ def _payload_bytes(p: StepPayload) -> int:
     if p.replay is not None:
         n += sum(t.numel() * t.element_size() for t in p.replay[1])
     return n + 200 * len(p.captures)
-
-
-def batch_rows(tables: list[tuple[np.ndarray, list[np.ndarray]]]) -> tuple[np.ndarray, list[np.ndarray]]:
-    """One record table and heap for several steps' tables (string columns widened to the
-    longest, shapes padded to the most dimensions, heap offsets moved past earlier steps)."""
-    if len(tables) == 1:
-        return tables[0]
-    rows_list = [t for t, _ in tables]
-    names = rows_list[0].dtype.names or ()
-    dims = max(t.dtype["shape"].shape[0] for t in rows_list)
-    widths = {
-        n: max(t.dtype[n].itemsize for t in rows_list) for n in names if rows_list[0].dtype[n].kind == "S"
-    }
-    out = np.zeros(sum(len(t) for t in rows_list), dtype=record_dtype(widths, dims))
-    heap: list[np.ndarray] = []
-    start = heap_base = 0
-    for t, h in tables:
-        part = out[start : start + len(t)]
-        for n in names:
-            if n in ("shape", "strides"):
-                part[n][:, : t.dtype[n].shape[0]] = t[n]
-            elif n == "heap_offset":
-                part[n] = np.where(t[n] >= 0, t[n] + heap_base, -1)
-            else:
-                part[n] = t[n]
-        heap += h
-        heap_base += sum(int(x.size) for x in h)
-        start += len(t)
-    return out, heap
 
 
 class WriterThread:
@@ -176,13 +125,13 @@ class WriterThread:
 
     def __init__(
         self,
-        writer: SegmentWriter,
+        sink: SegmentProcess | LocalSegments,
         max_pending_steps: int = 32,
         max_pending_bytes: int = 512 << 20,
         max_batch_steps: int | None = None,
         max_batch_bytes: int = 64 << 20,
     ):
-        self._writer = writer
+        self._sink = sink
         self._max_steps, self._max_bytes = max_pending_steps, max_pending_bytes
         self._max_batch_steps = MAX_BATCH_STEPS if max_batch_steps is None else max_batch_steps
         self._max_batch_bytes = max_batch_bytes
@@ -229,7 +178,7 @@ class WriterThread:
             self._pending.append((None, 0))
             self._cond.notify_all()
         self._thread.join()
-        self._writer.close()
+        self._sink.close()
 
     def _take_batch(self) -> tuple[list[tuple[StepPayload, int]], bool]:
         """The next steps to write together, and whether the thread is to stop after them."""
@@ -275,10 +224,9 @@ class WriterThread:
                 for ev in p.events:
                     ev.synchronize()
             t0 = time.perf_counter()
-            rows, heap = batch_rows([payload_rows(p) for p in items])
-            path = self._writer.write(rows, heap, {"steps": np.asarray(steps, dtype=np.int64)})
+            _, size = self._sink.write_steps([step_columns(p) for p in items], steps)
             self.seconds_writing += time.perf_counter() - t0
-            self.bytes_written += path.stat().st_size
+            self.bytes_written += size
             self.segments_written += 1
             self.steps_written.extend(steps)
         except AccdumpError as exc:
@@ -289,7 +237,7 @@ class WriterThread:
 
     @property
     def seconds_fsync(self) -> float:
-        return self._writer.seconds_fsync
+        return self._sink.seconds_fsync
 
 
 __all__ = ["CHUNK_ROWS", "WriterThread", "payload_rows"]

@@ -10,13 +10,28 @@ import enum
 
 import numpy as np
 
-from accdump.ops import STATS_FIELDS
-
 FORMAT_NAME = "accdump"
 FORMAT_VERSION = 1
 SEGMENT_GLOB = "seg*.h5"
 RECORDS = "records"
 HEAP = "heap"
+
+# the statistics columns, in the order of accdump.ops.TensorStats (and of the native ops' rows)
+STATS_FIELDS: tuple[str, ...] = (
+    "count",
+    "nan",
+    "posinf",
+    "neginf",
+    "zeros",
+    "min",
+    "max",
+    "sum",
+    "mean",
+    "std",
+    "absmax",
+    "l2norm",
+    "min_abs_nonzero",
+)
 
 
 class Role(enum.IntEnum):

@@ -102,14 +102,32 @@ class SegmentWriter:
     """Writes segments seg00000000.h5, seg00000001.h5, ... into DIR/rankNNNNN."""
 
     def __init__(
-        self, root: str | os.PathLike[str], rank: int, run_attrs: dict[str, Any], overwrite: bool = False
+        self,
+        root: str | os.PathLike[str],
+        rank: int,
+        run_attrs: dict[str, Any],
+        overwrite: bool = False,
+        *,
+        claim: bool = True,
     ):
-        self.dir = Path(root) / rank_dir_name(rank)
+        """claim=False: the caller holds the directory's lock (the segment writer process)."""
+        self.root, self.rank = Path(root), rank
+        self.dir = self.root / rank_dir_name(rank)
         self.run_attrs = run_attrs
         self._prepared_run_attrs = _prepared_attrs(run_attrs)
         self._seq = 0
         self.seconds_fsync = 0.0
         self._record_types: dict[np.dtype, Any] = {}  # HDF5 compound types, built once per layout
+        self._lock_fd = -1
+        if claim:
+            self._claim(overwrite)
+
+    @property
+    def lock_fd(self) -> int:
+        """The descriptor holding the directory's lock (-1 when not claimed)."""
+        return self._lock_fd
+
+    def _claim(self, overwrite: bool) -> None:
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             self._lock_fd = os.open(self.dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
@@ -119,6 +137,7 @@ class SegmentWriter:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self._lock_fd)
+            self._lock_fd = -1
             raise DumpExistsError(
                 f"{self.dir} is being written by another recorder (lock {self.dir / LOCK_NAME} is held)"
             ) from None

@@ -130,6 +130,7 @@ def test_sigkill_keeps_every_completed_step_readable(tmp_path, delay):
 def disk_full_from_third_segment(monkeypatch):
     """h5py.File raises ENOSPC for the writer's third and later segments (one step each); reading
     still works."""
+    monkeypatch.setenv("ACCDUMP_WRITER", "thread")  # faults injected here: segments written here
     monkeypatch.setattr(writer_thread, "MAX_BATCH_STEPS", 1)
     real = store_writer.h5py.File
     opened = {"w": 0}

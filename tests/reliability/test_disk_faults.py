@@ -60,6 +60,7 @@ def _one_stop_message(stderr: str) -> str:
 def _fail_from_third_segment(monkeypatch, point: str) -> str:
     """Makes the writer fail at `point` for segment 2 and later; returns the expected error text.
     Each step gets its own segment (none are written together), so segment 2 holds step 2."""
+    monkeypatch.setenv("ACCDUMP_WRITER", "thread")  # faults injected here: segments written here
     monkeypatch.setattr(writer_thread, "MAX_BATCH_STEPS", 1)
     if point == "heap_write":  # a full disk while the tensor bytes go into the file
         real = h5py.Dataset.__setitem__

@@ -4,11 +4,14 @@ it, and it holds every step the recording process had reported complete, each st
 A forked child records a small model step after step (the mode and the tensor size drawn per run),
 appending after each step how many steps the writer has completed; the zygote SIGKILLs it after a
 random delay: before recording started, while a segment is half written, between fsync and rename,
-anywhere.
+anywhere. (Its segment writer process then writes what it was handed and exits: the dump is read
+once the directory's lock is free.)
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import random
 import signal
 import time
@@ -19,6 +22,7 @@ import torch
 import accdump
 from accdump import ops
 from accdump.store import Role
+from accdump.store.writer import LOCK_NAME
 from tests.reliability._children import LOOP_RECORDS_PER_STEP, loop_model
 
 SEED = 1234
@@ -34,11 +38,32 @@ def _reported(progress: Path) -> int:
     return max((int(v) for v in progress.read_text().split()), default=0)
 
 
+def _wait_for_writer(rank_dir: Path, timeout: float = 20.0) -> None:
+    """Waits until no process holds the rank directory's lock: the segment writer process of a
+    killed recorder finishes the segments it was handed, then exits."""
+    lock = rank_dir / LOCK_NAME
+    if not lock.exists():
+        return
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                assert time.monotonic() < deadline, f"{lock} still held {timeout} s after the kill"
+                time.sleep(0.01)
+    finally:
+        os.close(fd)
+
+
 def _check_dump(path: Path, reported: int, mode: str, hidden: int, seed: int) -> int:
     """Asserts the killed run's dump is whole; returns how many steps it holds."""
     if not path.exists():  # killed before the recorder created its directory
         assert reported == 0
         return 0
+    _wait_for_writer(path / "rank00000")
     dump = accdump.load(path)
     steps = dump.steps()
     assert steps == list(range(len(steps))), f"steps must be complete and in order, got {steps}"
