@@ -3,7 +3,8 @@ files: the comparison should run at the speed of reading the dumps.
 
     python benchmarks/bench_compare.py [--mb-per-dump 512] [--device cuda] [--repeat 3] [--cold]
 
-The baseline reads every tensor heap through h5py (checksums included) into one reused buffer.
+Two baselines: every tensor heap read through h5py (checksums included) into one reused buffer,
+and every byte of the files read with plain reads (the disk's or the page cache's own speed).
 Both timings see the same page cache: the files were just written (fsynced, so clean) and are read
 once untimed first, so both read from memory; with --cold each timed pass first drops the files
 from the page cache (posix_fadvise DONTNEED), so both read from the disk. Reads and comparisons
@@ -41,6 +42,19 @@ def read_all(files: list[Path], chunk_bytes: int = 32 << 20) -> None:
                 heap.read_direct(buf, np.s_[start : start + n], np.s_[0:n])
 
 
+def read_raw(files: list[Path], chunk_bytes: int = 32 << 20) -> None:
+    """Reads every byte of the files with plain reads into one reused buffer: the speed of the
+    disk (or of the page cache), with no format and no checksum."""
+    buf = memoryview(np.empty(chunk_bytes, dtype=np.uint8))
+    for p in files:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            while os.readv(fd, [buf]):
+                pass
+        finally:
+            os.close(fd)
+
+
 def evict(files: list[Path]) -> None:
     """Drops the files' (clean) pages from the page cache."""
     for p in files:
@@ -73,8 +87,13 @@ def main() -> None:
     files = [p for d in ("golden", "target") for p in sorted((tmp / d).glob("rank*/seg*.h5"))]
     nbytes = sum(p.stat().st_size for p in files)
     read_all(files)  # untimed: the same (warm) cache and allocator state for both timings
-    reads, compares = [], []
+    reads, raws, compares = [], [], []
     for _ in range(args.repeat):
+        if args.cold:
+            evict(files)
+        t0 = time.perf_counter()
+        read_raw(files)
+        raws.append(time.perf_counter() - t0)
         if args.cold:
             evict(files)
         t0 = time.perf_counter()
@@ -86,6 +105,7 @@ def main() -> None:
         result = accdump.compare(tmp / "golden", tmp / "target", device=args.device)
         compares.append(time.perf_counter() - t0)
     read_s, compare_s = statistics.median(reads), statistics.median(compares)
+    raw_s = statistics.median(raws)
     row = {
         "bytes": nbytes,
         "tensors_per_dump": n,
@@ -98,13 +118,18 @@ def main() -> None:
         "compare_s": compare_s,
         "compare_gbps": nbytes / compare_s / 1e9,
         "compare_over_read": compare_s / read_s,
+        "raw_read_s_all": raws,
+        "raw_read_s": raw_s,
+        "raw_read_gbps": nbytes / raw_s / 1e9,
+        "compare_over_raw_read": compare_s / raw_s,
         "pairs": len(result.pairs),
     }
     print(
         f"compare of 2 x {args.mb_per_dump} MB ({n} tensors each, {row['cache']} cache) on {args.device}: "
         f"median of {args.repeat}: {compare_s:.2f} s "
         f"({row['compare_gbps']:.2f} GB/s); reading the same heaps with h5py: {read_s:.2f} s "
-        f"({row['read_gbps']:.2f} GB/s); ratio {row['compare_over_read']:.2f}"
+        f"({row['read_gbps']:.2f} GB/s); ratio {row['compare_over_read']:.2f}; plain reads of the files: "
+        f"{raw_s:.2f} s ({row['raw_read_gbps']:.2f} GB/s), ratio {row['compare_over_raw_read']:.2f}"
     )
     Path(args.json).write_text(json.dumps(row, indent=1))
     shutil.rmtree(tmp, ignore_errors=True)

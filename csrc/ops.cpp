@@ -46,6 +46,9 @@ TORCH_LIBRARY(accdump, m) {
   m.def("compare_metrics(Tensor a, Tensor b, float atol, float rtol, float eps) -> Tensor");
   // Per row over the last dimension, float64[R, 3]: cosine, max|a-b|, ||a-b|| / ||a||.
   m.def("rowwise_metrics(Tensor a, Tensor b) -> Tensor");
+  // libhdf5's Fletcher-32 of a contiguous uint8 CPU tensor, bit for bit (the checksum its
+  // fletcher32 filter stores after each chunk), so that dump chunks read directly are verified.
+  m.def("fletcher32(Tensor data) -> int");
   // Block-scaled quantized tensors (shared/quant_formats.md). `element` names how q's bytes are
   // read (auto: from its dtype; e4m3fn, e4m3fnuz, e5m2, e5m2fnuz, e2m1 packed low nibble first,
   // u8 / i8 as integers, f64, f32, f16, bf16), `scale_format` likewise for the scales (adds e8m0).
@@ -71,6 +74,7 @@ TORCH_LIBRARY_IMPL(accdump, Autograd, m) {
   m.impl("tensor_fingerprint_into", torch::CppFunction::makeFallthrough());
   m.impl("compare_metrics", torch::CppFunction::makeFallthrough());
   m.impl("rowwise_metrics", torch::CppFunction::makeFallthrough());
+  m.impl("fletcher32", torch::CppFunction::makeFallthrough());
   m.impl("block_dequantize", torch::CppFunction::makeFallthrough());
   m.impl("block_scaled_linear", torch::CppFunction::makeFallthrough());
 }

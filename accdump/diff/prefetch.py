@@ -1,10 +1,12 @@
 """Streamed metrics of many pairs, read ahead: while the caller handles one pair, a few worker
 threads read the next chunks of both dumps and run compare_metrics on them.
 
-h5py holds one process-wide lock while it reads a dataset (and checks its checksums), so reads do
-not overlap each other; they do overlap the metric kernels and device copies, which release the
-GIL, and the caller's own work. At most `depth` chunks are queued ahead of the caller, and each
-worker reads into its own pair of reused host buffers (pinned for CUDA), so memory stays bounded
+Tensor bytes are read straight from the segments' heap chunks and verified by accdump
+(store/chunk_reads.py): no lock is held, so the workers' reads, checksums, device copies and
+metric kernels all overlap each other and the caller's own work (through libhdf5, without the
+native extension, reads take turns under h5py's lock). At most `depth` chunks are queued ahead
+of the caller, and each worker reads into its own pair of reused host buffers (pinned for CUDA),
+so memory stays bounded
 (workers x 2 x chunk_bytes) whatever the number and size of the tensors. The chunks are those of
 streamed_metrics and merge in the same order, so the results are identical to a serial comparison;
 an error reading a chunk is raised when its pair's turn comes, as it would be serially.
@@ -12,6 +14,7 @@ an error reading a chunk is raised when its pair's turn comes, as it would be se
 
 from __future__ import annotations
 
+import os
 import queue
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -27,8 +30,10 @@ from accdump.diff.streaming import chunk_spans, merged_metrics
 from accdump.store.dtypes import dtype_from_name
 from accdump.store.reader import Record
 
-WORKERS = 2  # one reads while the other measures; more do not read faster (h5py's one lock)
-DEPTH = 4  # chunks queued ahead of the caller: their results are a few numbers each
+# reads and checksums run in parallel on as many threads (one core each): up to 4, whose reads
+# keep up with a fast disk and the page cache
+WORKERS = max(2, min(4, os.cpu_count() or 2))
+DEPTH = 2 * WORKERS  # chunks queued ahead of the caller: their results are a few numbers each
 
 
 @dataclass(frozen=True)

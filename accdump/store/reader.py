@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -16,8 +17,10 @@ import h5py
 import numpy as np
 import torch
 
+from accdump import ops
 from accdump.errors import DumpFormatError
 from accdump.ops import STATS_FIELDS, TensorStats
+from accdump.store.chunk_reads import HeapChunks
 from accdump.store.dtypes import dtype_from_name, tensor_from_bytes
 from accdump.store.schema import (
     FORMAT_NAME,
@@ -166,6 +169,7 @@ class Dump:
         if not self._rank_dirs:
             raise DumpFormatError(f"{self.path}: holds no rankNNNNN directories: not an accdump dump")
         self._open: dict[Path, h5py.File] = {}  # segment files kept open for tensor reads
+        self._chunk_tables: dict[Path, HeapChunks | None] = {}
         # held across each read: compare reads from threads, and close() must not pull a file
         # from under a read (h5py serialises reads anyway, so this costs no parallelism)
         self._lock = threading.RLock()
@@ -177,6 +181,20 @@ class Dump:
                 self.close()
             f = self._open[segment] = h5py.File(segment, "r")
         return f[HEAP]
+
+    def _chunks(self, segment: Path) -> HeapChunks | None:
+        """Where the heap chunks of `segment` lie, for reads without libhdf5 (None: read through it)."""
+        if segment in self._chunk_tables:
+            return self._chunk_tables[segment]
+        table = None
+        if _fletcher32() is not None:
+            with self._lock:
+                try:
+                    table = HeapChunks.locate(segment, self._heap(segment))
+                except Exception:  # a damaged file: libhdf5 reports it on the read
+                    table = None
+        self._chunk_tables[segment] = table
+        return table
 
     def close(self) -> None:
         """Closes the segment files opened to read tensors (reopened when needed)."""
@@ -276,6 +294,13 @@ class Dump:
         if not record.has_tensor or start < 0 or start + out.size > record.heap_nbytes:
             raise DumpFormatError(f"{record.name!r}: bytes [{start}, {start + out.size}) are not stored")
         begin = record.heap_offset + start
+        chunks = self._chunks(record.segment)
+        if chunks is not None:
+            try:
+                if chunks.read_into(begin, out, _fletcher32()):
+                    return
+            except OSError:
+                pass  # libhdf5 reads it below, or says why it cannot
         try:
             with self._lock:
                 heap = self._heap(record.segment)
@@ -284,6 +309,18 @@ class Dump:
             raise DumpFormatError(
                 f"{record.segment}: tensor of {record.name!r} (step {record.step}) cannot be read: {exc}"
             ) from exc
+
+
+@functools.cache
+def _fletcher32() -> Callable[[np.ndarray], int] | None:
+    """The native Fletcher-32 (libhdf5's, bit for bit), if the extension has it."""
+    if not ops.native_available("cpu"):
+        return None
+    try:
+        op = torch.ops.accdump.fletcher32.default
+    except (AttributeError, RuntimeError):
+        return None  # an extension built before it existed
+    return lambda data: int(op(torch.from_numpy(data)))
 
 
 def load(path: str | os.PathLike[str]) -> Dump:
