@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -95,3 +96,9 @@ def _block_scaled_linear_fake(
     bias: torch.Tensor | None,
 ) -> torch.Tensor:
     return x.new_empty((x.shape[0], w.shape[0]), dtype=torch.float32)
+
+
+@torch.library.register_fake("accdump::fletcher32")
+def _fletcher32_fake(data: torch.Tensor) -> Any:
+    # a Python int computed from the bytes: nothing a traced graph could carry
+    raise RuntimeError("accdump.fletcher32 reads the data it checks: it cannot run on fake tensors")

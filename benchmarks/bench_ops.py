@@ -18,7 +18,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from accdump import ops
+from accdump import ops, reference
 
 
 def timer(device: str, fn: Callable[[], object], reps: int) -> float:
@@ -191,6 +191,18 @@ def main() -> None:
             )
         del x, y
         mb *= 16 if mb < 1 else 4
+    # the checksum of a dump's heap chunks (host memory, one core), against its NumPy twin
+    chunk = torch.randint(0, 256, (1 << 20,), dtype=torch.uint8)
+    add(
+        "fletcher32",
+        "1 MB (host)",
+        chunk.numel(),
+        timer("cpu", lambda: torch.ops.accdump.fletcher32.default(chunk), 50)
+        if ops.native_available("cpu")
+        else float("nan"),
+        timer("cpu", lambda: reference.fletcher32(chunk), 5),
+        None,
+    )
     small = [torch.randn(1, 4096, device=dev, generator=gen).to(torch.bfloat16) for _ in range(512)]
     nbytes = 512 * 4096 * 2
     add(

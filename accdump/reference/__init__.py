@@ -3,6 +3,7 @@
 Each computes in float64 with plain, obviously-correct torch code; speed is secondary.
 """
 
+from accdump.reference.checksum import fletcher32
 from accdump.reference.fingerprint import fingerprint, tensor_fingerprint_into, tensor_fingerprint_multi_into
 from accdump.reference.metrics import compare_metrics, rowwise_metrics
 from accdump.reference.quant import block_dequantize, block_scaled_linear
@@ -18,6 +19,7 @@ __all__ = [
     "block_scaled_linear",
     "compare_metrics",
     "fingerprint",
+    "fletcher32",
     "rowwise_metrics",
     "tensor_fingerprint_into",
     "tensor_fingerprint_multi_into",

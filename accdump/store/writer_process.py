@@ -175,7 +175,10 @@ class SegmentProcess:
             code = None
         how = f"exited with status {code}" if code is not None and code >= 0 else ""
         if code is not None and code < 0:
-            how = f"was killed by signal {-code} ({signal.Signals(-code).name})"
+            try:
+                how = f"was killed by signal {-code} ({signal.Signals(-code).name})"
+            except ValueError:  # a signal number Python has no name for
+                how = f"was killed by signal {-code}"
         return RecordWriteError(
             f"the segment writer process (pid {self._proc.pid}) {how or 'stopped answering'}"
         )
