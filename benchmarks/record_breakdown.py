@@ -1,15 +1,17 @@
 """Where the host time of stats recording goes, in µs per record, by elimination.
 
-Times one forward of a transformers Llama five ways (median forward time of each, the five
+Times one forward of a transformers Llama six ways (median forward time of each, the six
 taking turns) and charges each difference to one part:
-  hooks         pre- and post-hooks shaped like accdump's (partial, kwargs, always_call) doing nothing
-  recorder      accdump.record with the statistics op replaced by a no-op and no segment written
-  stats op      the real statistics op (one launch per tensor not already measured in the step)
-  writer        building and writing one segment per forward: the table in the writer thread, the
-                HDF5 file in the segment writer process (accdump's default)
-  writer thread the same with the HDF5 file written in the writer thread (ACCDUMP_WRITER=thread),
-                charged against "stats op" like "writer"
-and also the host cost of one statistics op call on a small tensor.
+  hooks           pre- and post-hooks shaped like accdump's (partial, kwargs, always_call) doing nothing
+  capture         accdump.record with no segment written: the native capture (accdump._C.StepCapture:
+                  finding the tensors, one statistics launch per tensor not yet measured in the
+                  step, the records' columns) and the step's hand-over
+  writer          building and writing one segment per forward: columns in the writer thread, the
+                  table and HDF5 file in the segment writer process (accdump's default)
+  python capture  "capture" done in Python (ACCDUMP_CAPTURE=python), charged against "hooks"
+  writer thread   "writer" with the HDF5 file written in the writer thread (ACCDUMP_WRITER=thread),
+                  charged against "capture"
+and also the host cost of one statistics op call through torch.ops on a small tensor.
 
     python benchmarks/record_breakdown.py                  # GPU: bench_record's H100 preset
     python benchmarks/record_breakdown.py --preset cpu     # 8 layers, hidden 64, 8 tokens: Python-bound
@@ -93,10 +95,6 @@ def main() -> None:
             model(ids)
 
     tmp = Path(tempfile.mkdtemp(prefix="accdump-breakdown-"))
-    launches = [0]
-
-    def count_launches(*args: object) -> None:
-        launches[0] += 1
 
     @contextlib.contextmanager
     def setup(part: str) -> Iterator[None]:
@@ -110,24 +108,25 @@ def main() -> None:
         else:
             if part == "writer thread":
                 os.environ["ACCDUMP_WRITER"] = "thread"
+            if part == "python capture":
+                os.environ["ACCDUMP_CAPTURE"] = "python"
             with accdump.record(model, tmp / "d", overwrite=True) as rec:
                 os.environ.pop("ACCDUMP_WRITER", None)
+                os.environ.pop("ACCDUMP_CAPTURE", None)
                 if not part.startswith("writer"):
                     rec._writer.submit = lambda payload: None  # type: ignore[method-assign,union-attr]
-                if part == "recorder":
-                    rec._stats_into = count_launches
                 yield
 
     # Parts run in turns, a few forwards each, so that a machine whose speed drifts (shared
     # CPUs) slows every part alike; the first forward of each turn is not timed.
-    parts = ("plain", "hooks", "recorder", "stats op", "writer", "writer thread")
+    parts = ("plain", "hooks", "capture", "writer", "python capture", "writer thread")
+    charged_against = {"hooks": "plain", "capture": "hooks", "writer": "capture", "python capture": "hooks"}
+    charged_against["writer thread"] = "capture"
     times: dict[str, list[float]] = {part: [] for part in parts}
-    per_forward = 0
     for _ in range(args.rounds):
         for part in parts:
             with setup(part):
                 forward()
-                launches[0] = 0
                 for _ in range(args.per_turn):
                     if dev == "cuda":
                         torch.cuda.synchronize()
@@ -136,8 +135,6 @@ def main() -> None:
                     if dev == "cuda":
                         torch.cuda.synchronize()
                     times[part].append((time.perf_counter() - t0) * 1e6)
-                if part == "recorder":
-                    per_forward = launches[0] // args.per_turn
     median = {part: statistics.median(ts) for part, ts in times.items()}
     records = len(list(accdump.load(tmp / "d").records(step=0)))
     op_us = op_host_us(dev, getattr(torch, p["dtype"]))
@@ -145,13 +142,13 @@ def main() -> None:
     name = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
     table = Table(
         title=f"stats recording, module level: Llama {p['layers']}L h{p['hidden']} seq {p['seq']} on {name}, "
-        f"{records} records and {per_forward} statistics launches per forward"
+        f"{records} records per forward"
     )
     for c in ("part", "forward µs", "× plain", "+µs / record", "total µs / record"):
         table.add_column(c, justify="right")
     rows = []
-    for i, (part, t) in enumerate(median.items()):
-        prev = median[parts[i - 1] if part != "writer thread" else "stats op"] if i else t
+    for part, t in median.items():
+        prev = median[charged_against.get(part, part)]
         row = {
             "part": part,
             "forward_us": t,
@@ -175,7 +172,6 @@ def main() -> None:
                 "device": name,
                 "preset": p,
                 "records": records,
-                "launches": per_forward,
                 "op_host_us": op_us,
                 "rows": rows,
             },

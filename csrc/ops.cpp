@@ -3,11 +3,19 @@
 #include <Python.h>
 #include <torch/library.h>
 
+int accdump_add_capture_type(PyObject* module);  // capture.cpp
+
 extern "C" {
-// `import accdump._C` only has to load this library so that the registrations below run.
+// `import accdump._C` loads this library so that the registrations below run; the module
+// itself holds StepCapture, the recorder's native hot path.
 PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module_def);
+  PyObject* module = PyModule_Create(&module_def);
+  if (module != nullptr && accdump_add_capture_type(module) < 0) {
+    Py_DECREF(module);
+    return nullptr;
+  }
+  return module;
 }
 }
 

@@ -156,6 +156,12 @@ at::Tensor tensor_stats_cpu(const at::Tensor& x) { return stats_cpu({x}, "tensor
 
 }  // namespace
 
+StatsIntoRow stats_into_row_cuda = nullptr;
+
+void stats_into_row_cpu(const at::Tensor& x, at::Tensor& out, int64_t row) {
+  tensor_stats_into_cpu(x, out, row, std::nullopt);
+}
+
 TORCH_LIBRARY_IMPL(accdump, CPU, m) {
   m.impl("tensor_stats", &tensor_stats_cpu);
   m.impl("tensor_stats_multi", &tensor_stats_multi_cpu);

@@ -114,6 +114,14 @@ at::Tensor tensor_stats_multi_cuda(at::TensorList xs) { return stats_cuda(xs, "t
 
 at::Tensor tensor_stats_cuda(const at::Tensor& x) { return stats_cuda({x}, "tensor_stats").squeeze(0); }
 
+// Makes the CUDA kernel reachable from the recorder's native capture (stats_glue.h).
+const bool registered_stats_into_row = [] {
+  stats_into_row_cuda = [](const at::Tensor& x, at::Tensor& out, int64_t row) {
+    tensor_stats_into_cuda(x, out, row, std::nullopt);
+  };
+  return true;
+}();
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(accdump, CUDA, m) {

@@ -32,4 +32,11 @@ std::vector<at::Tensor> check_fingerprint_multi_into(at::TensorList xs, const at
 // CPU statistics of one described tensor into out[kStatsFields].
 void tensor_stats_cpu_kernel(const TensorDesc& d, double* out);
 
+// tensor_stats_into without the dispatcher, for the recorder's native capture (capture.cpp):
+// the statistics of x into out[row] on x's device (CUDA: one launch on the current stream).
+using StatsIntoRow = void (*)(const at::Tensor& x, at::Tensor& out, int64_t row);
+void stats_into_row_cpu(const at::Tensor& x, at::Tensor& out, int64_t row);
+// Set by the CUDA glue when the extension is built with CUDA; null otherwise.
+extern StatsIntoRow stats_into_row_cuda;
+
 }  // namespace accdump

@@ -258,7 +258,7 @@ def merge_replay(buf: StepBuffer, probes: GraphProbes) -> None:
                 copies[id(c.tensor)] = host
         buf.captures.append(
             c._replace(
-                order=len(buf.captures),
+                order=buf.next_order(),
                 call=c.call + calls_before.get(c.name, 0),
                 stats_index=c.stats_index + stats_base.get(c.device, 0),
                 hash_index=c.hash_index + hash_base[c.device] if c.hash_index >= 0 else -1,

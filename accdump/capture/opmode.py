@@ -79,7 +79,7 @@ class OpCaptureMode(TorchDispatchMode):
         # An in-place op returns its mutated input, whose version counter is only bumped after
         # this handler returns: never reuse what was captured of it before the op ran.
         for _, t in find_tensors(out):
-            buf.seen.pop(id(t), None)
+            buf.forget(t)
         rec._capture_all(buf, out, name, call, Role.OUTPUT, op)
         return out
 

@@ -38,7 +38,15 @@ from accdump.capture.cuda_graphs import (
 from accdump.capture.filters import FILTER_KEYS, Filters
 from accdump.capture.flatten import find_tensors
 from accdump.capture.rank import rank_and_world
-from accdump.capture.step_buffer import Capture, Seen, StepBuffer, StepPayload
+from accdump.capture.step_buffer import (
+    NATIVE_DTYPES,
+    Capture,
+    NativeStep,
+    Seen,
+    StepBuffer,
+    StepPayload,
+    host_chunks,
+)
 from accdump.capture.writer_thread import WriterThread
 from accdump.errors import AccdumpError, RecordWriteError
 from accdump.store.dtypes import dtype_name
@@ -84,6 +92,18 @@ def _stats_into_function() -> Any:
         (native if t.device.type == "cpu" else ops.tensor_stats_into)(t, out, row)
 
     return by_device
+
+
+def _native_capture(mode: str, level: str) -> Any:
+    """An accdump._C.StepCapture for the hot path when it applies (module level, stats mode,
+    extension built), else None. ACCDUMP_CAPTURE=python keeps every capture in Python."""
+    if mode != "stats" or level != "module" or os.environ.get("ACCDUMP_CAPTURE", "native") == "python":
+        return None
+    if not ops.native_available("cpu"):
+        return None
+    from accdump import _C
+
+    return _C.StepCapture(NATIVE_DTYPES)
 
 
 def _segment_sink(writer: SegmentWriter) -> SegmentProcess | LocalSegments:
@@ -155,6 +175,7 @@ class Recorder:
         self._stats_into = _stats_into_function()
         self._tensor_mode, self._hash_mode = mode == "tensor", mode == "hash"
         self._roles = frozenset(r for r in Role if r.name.lower() in self.filters.roles)
+        self._want_inputs, self._want_outputs = _INPUT in self._roles, _OUTPUT in self._roles
         self._writer: WriterThread | None = None
         self._op_mode: Any = None
         self._collectives: Any = None
@@ -164,6 +185,7 @@ class Recorder:
         self._warned_uncaptured_graph = False
         self._error_reported = False
         self._roots_seen = 0
+        self._native: Any = None  # accdump._C.StepCapture, when the native hot path applies
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -180,6 +202,7 @@ class Recorder:
             # strict: at most two steps queued, so that a failed write stops the program promptly
             self._writer = WriterThread(_segment_sink(writer), max_pending_steps=2 if self.strict else 32)
             _active = self
+        self._native = _native_capture(self.mode, self.level)
         self.enabled = True
         if self.model is not None:
             if type(self.model).__name__ == "OptimizedModule":
@@ -293,7 +316,7 @@ class Recorder:
         if self._buf is None:
             if not self.filters.wants_step(self._step):
                 return None
-            self._buf = StepBuffer(self._step)
+            self._buf = StepBuffer(self._step, native=self._native)
         return self._buf
 
     @staticmethod
@@ -305,6 +328,10 @@ class Recorder:
     def _capture(
         self, buf: StepBuffer, t: torch.Tensor, name: str, call: int, role: Role, arg: str, kind: str
     ) -> None:
+        native = buf.native
+        if native is not None and role is not _TOKENS:
+            if native.capture_one(t, name, call, role, arg, kind) >= 0:
+                return
         try:
             version = t._version
         except RuntimeError:  # an inference tensor has no version counter: never reuse its numbers
@@ -321,12 +348,11 @@ class Recorder:
             if seen.host is None:
                 seen.host = self._host_copy(t)
             host = seen.host
-        captures = buf.captures
-        captures.append(
+        buf.captures.append(
             _new_capture(
                 Capture,
                 (
-                    len(captures),
+                    len(buf.captures) if native is None else native.take_order(),
                     name,
                     call,
                     role,
@@ -421,6 +447,14 @@ class Recorder:
         """Captures every tensor in `value` (a tensor, or nested args / kwargs / outputs)."""
         if role not in self._roles:
             return
+        native = buf.native
+        if native is None or native.capture(value, name, call, role, kind) < 0:
+            self._capture_python(buf, value, name, call, role, kind)
+
+    def _capture_python(
+        self, buf: StepBuffer, value: Any, name: str, call: int, role: Role, kind: str
+    ) -> None:
+        """_capture_all's Python walk: for what the native capture left (or all, without it)."""
         if isinstance(value, torch.Tensor):
             self._capture(buf, value, name, call, role, "0", kind)
             return
@@ -447,17 +481,26 @@ class Recorder:
             self._submit(buf)
 
     def _submit(self, buf: StepBuffer) -> None:
-        if not buf.captures or self._writer is None:
+        finished = buf.native.finish() if buf.native is not None else None
+        if (not buf.captures and finished is None) or self._writer is None:
             return
         events = []
         stats_host = {str(d): rows.to_host() for d, rows in buf.stats.items()}
         hashes_host = {str(d): rows.to_host() for d, rows in buf.hashes.items()}
-        for d in {*buf.stats, *buf.hashes}:
+        devices = {*buf.stats, *buf.hashes}
+        native = None
+        if finished is not None:
+            ints, ndims, shapes, strides, names, args, kinds, device_names, chunks = finished
+            rows = [host_chunks(c) for c in chunks]
+            native = NativeStep(ints, ndims, shapes, strides, names, args, kinds, device_names, rows)
+            devices.update(torch.device(d) for d in device_names)
+        for d in devices:
             if d.type == "cuda":
                 ev = torch.cuda.Event()
                 ev.record(torch.cuda.current_stream(d))
                 events.append(ev)
-        self._writer.submit(StepPayload(buf.step, buf.captures, stats_host, hashes_host, events))
+        payload = StepPayload(buf.step, buf.captures, stats_host, hashes_host, events, native=native)
+        self._writer.submit(payload)
         self._check_writer()
 
     # --- CUDA graphs --------------------------------------------------------------------------
@@ -594,15 +637,18 @@ class Recorder:
             if buf is None:
                 self._stack.append(_Frame(name, 0))
                 return
-        frame = _Frame(name, buf.calls.get(name, 0))  # the call index is taken by the post-hook
-        self._stack.append(frame)
-        if len(self._stack) == 1:
+        stack = self._stack
+        call = buf.calls.get(name, 0)  # the call index is taken by the post-hook
+        stack.append(_Frame(name, call))
+        if len(stack) == 1:
             self._capture_tokens(buf, name, args, kwargs)
-        if wanted:
-            if args:
-                self._capture_all(buf, args, name, frame.call, _INPUT, kind)
-            if kwargs:
-                self._capture_all(buf, kwargs, name, frame.call, _INPUT, kind)
+        if wanted and self._want_inputs:
+            # the native capture inline (this runs for every module call), Python for what it leaves
+            native = buf.native
+            if args and (native is None or native.capture(args, name, call, _INPUT, kind) < 0):
+                self._capture_python(buf, args, name, call, _INPUT, kind)
+            if kwargs and (native is None or native.capture(kwargs, name, call, _INPUT, kind) < 0):
+                self._capture_python(buf, kwargs, name, call, _INPUT, kind)
 
     def _post_hook(
         self,
@@ -622,12 +668,17 @@ class Recorder:
         if buf is not None:
             if not stack and not buf.has_tokens:
                 self._capture_tokens(buf, name, (), kwargs)  # a root first seen by the global hook
-            call = self._next_call(buf, name)
+            calls = buf.calls
+            call = calls.get(name, 0)
+            calls[name] = call + 1
             if wanted:
                 if frame.kwargs_pending:
                     # keyword inputs only visible now (never mutated by the call in practice)
                     self._capture_all(buf, kwargs, name, call, _INPUT, kind)
-                self._capture_all(buf, output, name, call, _OUTPUT, kind)
+                if self._want_outputs:
+                    native = buf.native
+                    if native is None or native.capture(output, name, call, _OUTPUT, kind) < 0:
+                        self._capture_python(buf, output, name, call, _OUTPUT, kind)
         if not stack and self.auto_step:
             self._end_step()
 
@@ -677,7 +728,7 @@ class Recorder:
             # collectives write their outputs without bumping the version counter: forget what was
             # measured of these tensors so that no later capture reuses the numbers from before
             for _, t in find_tensors(values):
-                buf.seen.pop(id(t), None)
+                buf.forget(t)
             if wanted:
                 self._capture_all(buf, values, name, call, _OUTPUT, op)
         return result

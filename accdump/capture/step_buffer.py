@@ -11,6 +11,7 @@ import torch
 from accdump import ops
 
 CHUNK_ROWS = 256
+NATIVE_DTYPES = sorted(ops.STATS_DTYPES, key=str)  # what a native record's dtype id indexes
 
 
 class Capture(NamedTuple):
@@ -53,14 +54,7 @@ class DeviceRows:
 
     def to_host(self) -> list[torch.Tensor]:
         """Copies every chunk to host memory without blocking (pinned for CUDA)."""
-        if self.device.type == "cpu":
-            return self.chunks
-        out = []
-        for c in self.chunks:
-            h = torch.empty(c.shape, dtype=c.dtype, pin_memory=True)
-            h.copy_(c, non_blocking=True)
-            out.append(h)
-        return out
+        return host_chunks(self.chunks)
 
 
 class Seen:
@@ -91,6 +85,19 @@ class StepBuffer:
     # id(tensor) -> what was captured of it: a tensor captured twice unchanged (a layer's output
     # is the next layer's input) is measured and copied once
     seen: dict[int, Seen] = field(default_factory=dict)
+    # accdump._C.StepCapture recording this step's tensors natively (module level, stats mode),
+    # or None; records made in Python then take their order from it, so the two interleave
+    native: Any = None
+
+    def next_order(self) -> int:
+        """The order of the next record made in Python."""
+        return len(self.captures) if self.native is None else self.native.take_order()
+
+    def forget(self, t: torch.Tensor) -> None:
+        """Measures `t` again if captured again (it was written without a version bump)."""
+        self.seen.pop(id(t), None)
+        if self.native is not None:
+            self.native.forget(t)
 
     def stats_rows(self, device: torch.device) -> DeviceRows:
         rows = self.stats.get(device)
@@ -105,6 +112,34 @@ class StepBuffer:
         return rows
 
 
+class NativeStep(NamedTuple):
+    """What accdump._C.StepCapture recorded of a step (see its finish()), with the rows of each
+    device on their way to the host."""
+
+    # int64 [n, 8]: order, call, role, dtype id, device id, storage offset, contiguous, stats index
+    ints: torch.Tensor
+    ndims: torch.Tensor
+    shapes: torch.Tensor
+    strides: torch.Tensor
+    names: list[str]
+    args: list[str]
+    kinds: list[str]
+    devices: list[str]
+    rows: list[list[torch.Tensor]]  # each device's statistics rows (host copies)
+
+
+def host_chunks(chunks: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Copies device row chunks to host memory without blocking (pinned for CUDA)."""
+    if not chunks or chunks[0].device.type == "cpu":
+        return chunks
+    out = []
+    for c in chunks:
+        h = torch.empty(c.shape, dtype=c.dtype, pin_memory=True)
+        h.copy_(c, non_blocking=True)
+        out.append(h)
+    return out
+
+
 @dataclass
 class StepPayload:
     """A finished step handed to the writer thread: host buffers plus the events to wait on."""
@@ -117,3 +152,4 @@ class StepPayload:
     # a CUDA graph replay recorded as a step of its own: (its graph's ReplayTemplate, the host
     # copies of the template's tensor buffers); `captures` is then empty
     replay: tuple[Any, list[torch.Tensor]] | None = None
+    native: NativeStep | None = None  # records made natively, interleaved with `captures` by order

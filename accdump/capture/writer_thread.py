@@ -14,9 +14,9 @@ import time
 import numpy as np
 import torch
 
-from accdump.capture.step_buffer import CHUNK_ROWS, Capture, StepPayload
+from accdump.capture.step_buffer import CHUNK_ROWS, NATIVE_DTYPES, Capture, StepPayload
 from accdump.errors import AccdumpError, RecordWriteError
-from accdump.store.dtypes import tensor_to_bytes
+from accdump.store.dtypes import dtype_name, tensor_to_bytes
 from accdump.store.record_table import (
     INT_COLUMNS,
     STRING_COLUMNS,
@@ -29,6 +29,7 @@ from accdump.store.schema import STATS_FIELDS
 from accdump.store.writer_process import LocalSegments, SegmentProcess
 
 MAX_BATCH_STEPS = 64  # steps one segment may hold (when they queued up)
+_NATIVE_DTYPE_NAMES = np.array([dtype_name(d) for d in NATIVE_DTYPES])
 
 
 def _heap(tensors: list[torch.Tensor]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
@@ -59,12 +60,94 @@ def replay_rows(p: StepPayload) -> tuple[np.ndarray, list[np.ndarray]]:
     return rows, heap
 
 
+def native_columns(p: StepPayload) -> StepColumns:
+    """The records accdump._C.StepCapture made of step `p`, as columns whose statistics rows
+    follow those of the Python records of the step, device by device."""
+    nat = p.native
+    assert nat is not None
+    ints = nat.ints.numpy()
+    n = len(ints)
+    python_rows = {dev: sum(len(c) for c in chunks) for dev, chunks in p.stats.items()}
+    row_base = np.array([python_rows.get(d, 0) for d in nat.devices], dtype=np.int64)
+    device_id = ints[:, 4]
+    return StepColumns(
+        p.step,
+        ints={
+            "order": ints[:, 0],
+            "call": ints[:, 1],
+            "role": ints[:, 2],
+            "storage_offset": ints[:, 5],
+            "contiguous": ints[:, 6],
+            "stats_index": ints[:, 7] + row_base[device_id],
+            "hash_index": np.full(n, -1, dtype=np.int64),
+        },
+        strings={
+            "name": np.array(nat.names, dtype=str),
+            "arg": np.array(nat.args, dtype=str),
+            "kind": np.array(nat.kinds, dtype=str),
+            "dtype": _NATIVE_DTYPE_NAMES[ints[:, 3]],
+            "device": np.array(nat.devices, dtype=str)[device_id],
+        },
+        ndims=nat.ndims.numpy(),
+        shapes=nat.shapes.numpy(),
+        strides=nat.strides.numpy(),
+        heap_slot=np.full(n, -1, dtype=np.int64),
+    )
+
+
+def merged_columns(a: StepColumns, b: StepColumns) -> StepColumns:
+    """The records of `a` and `b` (one step's, whose orders interleave) in order."""
+    order = np.concatenate([a.ints["order"], b.ints["order"]])
+    perm = np.argsort(order, kind="stable")
+    ndims = np.concatenate([a.ndims, b.ndims])
+    ends = np.cumsum(ndims)
+    # the dimensions of record perm[i] lie at ends[perm[i]] - ndims[perm[i]] ...
+    sorted_ndims = ndims[perm]
+    total = int(ends[-1]) if len(ends) else 0
+    new_starts = np.cumsum(sorted_ndims) - sorted_ndims
+    dims = np.repeat(ends[perm] - sorted_ndims - new_starts, sorted_ndims) + np.arange(total)
+
+    def slots(c: StepColumns) -> np.ndarray:
+        return c.heap_slot if len(c.heap_slot) else np.full(len(c), -1, dtype=np.int64)
+
+    return StepColumns(
+        a.step,
+        ints={k: np.concatenate([a.ints[k], b.ints[k]])[perm] for k in INT_COLUMNS},
+        strings={k: np.concatenate([a.strings[k], b.strings[k]])[perm] for k in STRING_COLUMNS},
+        ndims=sorted_ndims,
+        shapes=np.concatenate([a.shapes, b.shapes])[dims],
+        strides=np.concatenate([a.strides, b.strides])[dims],
+        stats={**a.stats, **b.stats},
+        hashes=a.hashes,
+        heap_slot=np.concatenate([slots(a), slots(b)])[perm],
+    )
+
+
 def step_columns(p: StepPayload) -> tuple[StepColumns, list[np.ndarray]]:
     """One step as arrays and heap pieces, ready for its table (record_table.build_table), after
-    its device work completed: each capture field converted at once, at C speed."""
+    its device work completed: each capture field converted at once, at C speed. Records made
+    natively join those made in Python, in order."""
     if p.replay is not None:
         table, replay_heap = replay_rows(p)
         return StepColumns(p.step, table=table), replay_heap
+    if p.native is None:
+        return python_columns(p)
+    nat = native_columns(p)
+    stats = {dev: torch.cat(chunks).numpy() for dev, chunks in p.stats.items()}
+    for dev, chunks in zip(p.native.devices, p.native.rows, strict=True):
+        rows = torch.cat(chunks).numpy()
+        stats[dev] = np.concatenate([stats[dev], rows]) if dev in stats else rows
+    if not p.captures:
+        nat.stats = stats
+        return nat, []
+    py, heap = python_columns(p)
+    merged = merged_columns(py, nat)
+    merged.stats = stats
+    return merged, heap
+
+
+def python_columns(p: StepPayload) -> tuple[StepColumns, list[np.ndarray]]:
+    """The records of step `p` made in Python (its `captures`) as columns, and its heap pieces."""
     if not p.captures:
         return StepColumns(p.step), []
     n = len(p.captures)
@@ -109,6 +192,9 @@ def _payload_bytes(p: StepPayload) -> int:
     copies = {id(c.tensor): c.tensor for c in p.captures if c.tensor is not None}
     n = sum(t.numel() * t.element_size() for t in copies.values())
     n += sum(t.numel() * t.element_size() for chunks in p.stats.values() for t in chunks)
+    if p.native is not None:
+        n += sum(t.numel() * t.element_size() for chunks in p.native.rows for t in chunks)
+        n += 200 * len(p.native.names)
     if p.replay is not None:
         n += sum(t.numel() * t.element_size() for t in p.replay[1])
     return n + 200 * len(p.captures)
