@@ -12,17 +12,21 @@ nothing written), per module call (two records each).
 from __future__ import annotations
 
 import argparse
-import functools
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 import accdump
 from accdump import _C
 from accdump.capture.step_buffer import NATIVE_DTYPES
+
+sys.path.insert(0, str(Path(__file__).parent))
+from record_breakdown import noop_hooks  # noqa: E402
 
 
 def best_us(f: Callable[[], None], per: int, sync: bool, repeat: int = 30) -> float:
@@ -86,15 +90,7 @@ def main() -> None:
 
     rows["Identity module call, plain"] = best_us(forward, n, sync)
 
-    def nothing(*a: object) -> None:
-        return None
-
-    handles = []
-    for name, mod in model.named_modules():
-        handles.append(mod.register_forward_pre_hook(functools.partial(nothing, name), with_kwargs=True))
-        handles.append(
-            mod.register_forward_hook(functools.partial(nothing, name), with_kwargs=True, always_call=True)
-        )
+    handles = noop_hooks(model)
     rows["... with do-nothing hooks"] = best_us(forward, n, sync)
     for h in handles:
         h.remove()

@@ -44,7 +44,7 @@ from bench_record import PRESETS, build_model  # noqa: E402
 TINY = dict(layers=8, hidden=64, inter=128, heads=4, vocab=128, seq=8, dtype="float32", device="cpu")
 
 
-def _noop_hooks(model: torch.nn.Module) -> list[Any]:
+def noop_hooks(model: torch.nn.Module) -> list[Any]:
     def pre(name: str, module: Any, args: Any, kwargs: Any) -> None:
         return None
 
@@ -101,7 +101,7 @@ def main() -> None:
         if part == "plain":
             yield
         elif part == "hooks":
-            handles = _noop_hooks(model)
+            handles = noop_hooks(model)
             yield
             for h in handles:
                 h.remove()

@@ -60,11 +60,26 @@ struct State {
   int64_t next_order = 0;
   // one entry per record (the ints in kInts order), dimensions of all records one after another
   std::vector<int64_t> ints, ndims, shapes, strides;
-  std::vector<Ref> names, args, kinds;
+  // the step's distinct name / arg / kind strings (by identity: hooks pass the same objects
+  // every call) and each one's index; records hold indices, so that the writer turns a step's
+  // strings into arrays with no per-record Python
+  std::vector<Ref> strings;
+  std::unordered_map<PyObject*, int64_t> string_index;
+
+  int64_t intern(PyObject* str) {
+    auto it = string_index.find(str);
+    if (it != string_index.end()) return it->second;
+    const auto index = static_cast<int64_t>(strings.size());
+    strings.emplace_back(str);
+    string_index.emplace(str, index);
+    return index;
+  }
 };
 
 // Columns of the int64 table finish() returns.
-enum IntColumn : int { kOrder, kCall, kRole, kDtype, kDevice, kStorageOffset, kContiguous, kStatsIndex, kInts };
+enum IntColumn : int {
+  kOrder, kCall, kRole, kDtype, kDevice, kStorageOffset, kContiguous, kStatsIndex, kName, kArg, kKind, kInts
+};
 
 struct StepCaptureObject {
   PyObject_HEAD
@@ -157,16 +172,14 @@ int64_t record(State& s, PyObject* obj, PyObject* name, int64_t call, int64_t ro
   const Seen& seen = measure(s, t);
   const int64_t order = s.next_order++;
   const int64_t row[kInts] = {order, call, role, seen.dtype, seen.device, t.storage_offset(),
-                              t.is_contiguous() ? 1 : 0, seen.stats_index};
+                              t.is_contiguous() ? 1 : 0, seen.stats_index, s.intern(name), s.intern(arg),
+                              s.intern(kind)};
   s.ints.insert(s.ints.end(), row, row + kInts);
   s.ndims.push_back(t.dim());
   const auto sizes = t.sizes();
   const auto strides = t.strides();
   s.shapes.insert(s.shapes.end(), sizes.begin(), sizes.end());
   s.strides.insert(s.strides.end(), strides.begin(), strides.end());
-  s.names.emplace_back(name);
-  s.args.emplace_back(arg);
-  s.kinds.emplace_back(kind);
   return order;
 }
 
@@ -304,9 +317,10 @@ PyObject* ref_list(std::vector<Ref>& refs) {
   return list;
 }
 
-// finish() -> None when the step recorded nothing natively, else (ints int64 [n, 8]: order,
-// call, role, dtype id, device id, storage offset, contiguous, stats index; ndims [n];
-// shapes; strides; names; args; kinds; device names; each device's row chunks). Starts a new step.
+// finish() -> None when the step recorded nothing natively, else (ints int64 [n, 11]: order,
+// call, role, dtype id, device id, storage offset, contiguous, stats index, name, arg and kind
+// (indices into strings); ndims [n]; shapes; strides; strings; device names; each device's row
+// chunks). Starts a new step.
 PyObject* sc_finish(PyObject* self, PyObject* /*unused*/) {
   HANDLE_TH_ERRORS
   State& s = *reinterpret_cast<StepCaptureObject*>(self)->state;
@@ -324,9 +338,8 @@ PyObject* sc_finish(PyObject* self, PyObject* /*unused*/) {
       }
       PyList_SET_ITEM(chunks, d, list);
     }
-    out = Py_BuildValue("(NNNNNNNNN)", int_tensor(s.ints, kInts), int_tensor(s.ndims, 1), int_tensor(s.shapes, 1),
-                        int_tensor(s.strides, 1), ref_list(s.names), ref_list(s.args), ref_list(s.kinds), devices,
-                        chunks);
+    out = Py_BuildValue("(NNNNNNN)", int_tensor(s.ints, kInts), int_tensor(s.ndims, 1), int_tensor(s.shapes, 1),
+                        int_tensor(s.strides, 1), ref_list(s.strings), devices, chunks);
   }
   s.devices.clear();
   s.seen.clear();
@@ -335,9 +348,8 @@ PyObject* sc_finish(PyObject* self, PyObject* /*unused*/) {
   s.ndims.clear();
   s.shapes.clear();
   s.strides.clear();
-  s.names.clear();
-  s.args.clear();
-  s.kinds.clear();
+  s.string_index.clear();
+  s.strings.clear();
   return out;
   END_HANDLE_TH_ERRORS
 }

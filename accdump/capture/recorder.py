@@ -329,8 +329,13 @@ class Recorder:
         self, buf: StepBuffer, t: torch.Tensor, name: str, call: int, role: Role, arg: str, kind: str
     ) -> None:
         native = buf.native
-        if native is not None and role is not _TOKENS:
-            if native.capture_one(t, name, call, role, arg, kind) >= 0:
+        if native is not None:
+            order = native.capture_one(t, name, call, role, arg, kind)
+            if order >= 0:
+                if role is _TOKENS:  # kept whole in every mode
+                    host = self._host_copy(t)
+                    if host is not None:
+                        buf.native_tensors[order] = host
                 return
         try:
             version = t._version
@@ -490,9 +495,9 @@ class Recorder:
         devices = {*buf.stats, *buf.hashes}
         native = None
         if finished is not None:
-            ints, ndims, shapes, strides, names, args, kinds, device_names, chunks = finished
+            ints, ndims, shapes, strides, strings, device_names, chunks = finished
             rows = [host_chunks(c) for c in chunks]
-            native = NativeStep(ints, ndims, shapes, strides, names, args, kinds, device_names, rows)
+            native = NativeStep(ints, ndims, shapes, strides, strings, device_names, rows, buf.native_tensors)
             devices.update(torch.device(d) for d in device_names)
         for d in devices:
             if d.type == "cuda":

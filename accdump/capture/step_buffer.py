@@ -88,6 +88,7 @@ class StepBuffer:
     # accdump._C.StepCapture recording this step's tensors natively (module level, stats mode),
     # or None; records made in Python then take their order from it, so the two interleave
     native: Any = None
+    native_tensors: dict[int, torch.Tensor] = field(default_factory=dict)  # order -> host copy
 
     def next_order(self) -> int:
         """The order of the next record made in Python."""
@@ -116,16 +117,16 @@ class NativeStep(NamedTuple):
     """What accdump._C.StepCapture recorded of a step (see its finish()), with the rows of each
     device on their way to the host."""
 
-    # int64 [n, 8]: order, call, role, dtype id, device id, storage offset, contiguous, stats index
+    # int64 [n, 11]: order, call, role, dtype id, device id, storage offset, contiguous, stats
+    # index, and the name, arg and kind as indices into `strings`
     ints: torch.Tensor
     ndims: torch.Tensor
     shapes: torch.Tensor
     strides: torch.Tensor
-    names: list[str]
-    args: list[str]
-    kinds: list[str]
+    strings: list[str]
     devices: list[str]
     rows: list[list[torch.Tensor]]  # each device's statistics rows (host copies)
+    tensors: dict[int, torch.Tensor]  # order -> host copy (the step's token ids)
 
 
 def host_chunks(chunks: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -60,13 +60,18 @@ def replay_rows(p: StepPayload) -> tuple[np.ndarray, list[np.ndarray]]:
     return rows, heap
 
 
-def native_columns(p: StepPayload) -> StepColumns:
+def native_columns(p: StepPayload) -> tuple[StepColumns, list[np.ndarray]]:
     """The records accdump._C.StepCapture made of step `p`, as columns whose statistics rows
-    follow those of the Python records of the step, device by device."""
+    follow those of the Python records of the step, device by device, and their heap pieces."""
     nat = p.native
     assert nat is not None
     ints = nat.ints.numpy()
     n = len(ints)
+    strings = np.array(nat.strings, dtype=str)
+    slot = np.full(n, -1, dtype=np.int64)
+    heap = [tensor_to_bytes(t) for t in nat.tensors.values()]
+    if heap:  # records are in order: find each stored one's position by its order
+        slot[np.searchsorted(ints[:, 0], np.fromiter(nat.tensors, dtype=np.int64))] = np.arange(len(heap))
     python_rows = {dev: sum(len(c) for c in chunks) for dev, chunks in p.stats.items()}
     row_base = np.array([python_rows.get(d, 0) for d in nat.devices], dtype=np.int64)
     device_id = ints[:, 4]
@@ -82,17 +87,17 @@ def native_columns(p: StepPayload) -> StepColumns:
             "hash_index": np.full(n, -1, dtype=np.int64),
         },
         strings={
-            "name": np.array(nat.names, dtype=str),
-            "arg": np.array(nat.args, dtype=str),
-            "kind": np.array(nat.kinds, dtype=str),
+            "name": strings[ints[:, 8]],
+            "arg": strings[ints[:, 9]],
+            "kind": strings[ints[:, 10]],
             "dtype": _NATIVE_DTYPE_NAMES[ints[:, 3]],
             "device": np.array(nat.devices, dtype=str)[device_id],
         },
         ndims=nat.ndims.numpy(),
         shapes=nat.shapes.numpy(),
         strides=nat.strides.numpy(),
-        heap_slot=np.full(n, -1, dtype=np.int64),
-    )
+        heap_slot=slot,
+    ), heap
 
 
 def merged_columns(a: StepColumns, b: StepColumns) -> StepColumns:
@@ -132,18 +137,19 @@ def step_columns(p: StepPayload) -> tuple[StepColumns, list[np.ndarray]]:
         return StepColumns(p.step, table=table), replay_heap
     if p.native is None:
         return python_columns(p)
-    nat = native_columns(p)
+    nat, nat_heap = native_columns(p)
     stats = {dev: torch.cat(chunks).numpy() for dev, chunks in p.stats.items()}
     for dev, chunks in zip(p.native.devices, p.native.rows, strict=True):
         rows = torch.cat(chunks).numpy()
         stats[dev] = np.concatenate([stats[dev], rows]) if dev in stats else rows
     if not p.captures:
         nat.stats = stats
-        return nat, []
+        return nat, nat_heap
     py, heap = python_columns(p)
+    nat.heap_slot[nat.heap_slot >= 0] += len(heap)
     merged = merged_columns(py, nat)
     merged.stats = stats
-    return merged, heap
+    return merged, heap + nat_heap
 
 
 def python_columns(p: StepPayload) -> tuple[StepColumns, list[np.ndarray]]:
@@ -194,7 +200,8 @@ def _payload_bytes(p: StepPayload) -> int:
     n += sum(t.numel() * t.element_size() for chunks in p.stats.values() for t in chunks)
     if p.native is not None:
         n += sum(t.numel() * t.element_size() for chunks in p.native.rows for t in chunks)
-        n += 200 * len(p.native.names)
+        n += sum(t.numel() * t.element_size() for t in p.native.tensors.values())
+        n += 200 * len(p.native.ints)
     if p.replay is not None:
         n += sum(t.numel() * t.element_size() for t in p.replay[1])
     return n + 200 * len(p.captures)

@@ -52,9 +52,13 @@ def test_keys_order_and_statistics_match_python(device: str) -> None:
     want = find_tensors(value)
     assert made == len(want)
     finished = cap.finish()
-    ints, ndims, shapes, strides, names, args, kinds, devices, _ = finished
+    ints, ndims, shapes, strides, strings, devices, _ = finished
+    names = [strings[i] for i in ints[:, 8].tolist()]
+    args = [strings[i] for i in ints[:, 9].tolist()]
+    kinds = [strings[i] for i in ints[:, 10].tolist()]
     assert args == [k for k, _ in want]
     assert names == ["layer"] * made and kinds == ["Kind"] * made
+    assert len(strings) == len(set(map(id, strings)))  # each string object once
     assert ints[:, 0].tolist() == list(range(made))  # order
     assert (ints[:, 1] == 2).all() and (ints[:, 2] == 1).all()
     assert ndims.tolist() == [t.dim() for _, t in want]
@@ -79,8 +83,9 @@ def test_top_level_tensor_and_positional_keys() -> None:
     args = tuple(torch.randn(2) if i % 7 == 0 else None for i in range(70))  # keys past the cached 64
     n = cap.capture(args, "m", 0, 0, "K")
     finished = cap.finish()
-    assert finished[5] == ["0"] + [k for k, _ in find_tensors(args)]
-    assert n == 10 and "63" in finished[5] and "0" in finished[5][1:]
+    keys = [finished[4][i] for i in finished[0][:, 9].tolist()]
+    assert keys == ["0"] + [k for k, _ in find_tensors(args)]
+    assert n == 10 and "63" in keys and "0" in keys[1:]
 
 
 @pytest.mark.parametrize(
