@@ -62,7 +62,10 @@ def _write_attrs(f: h5py.File, attrs: list[_Attr]) -> None:
 
 # the HDF5 1.10 file format checksums every metadata block: a damaged segment is then reported as
 # such, where the default (1.0) format lets libhdf5 parse garbage and crash
-_LIBVER: dict[str, Any] = {"libver": ("v110", "latest")}
+# A chunk cache that holds a few heap chunks: a tensor ending inside a chunk leaves it cached for
+# the next one to fill (with libhdf5's 1 MiB default, each such chunk was written, read back and
+# checksummed again).
+_LIBVER: dict[str, Any] = {"libver": ("v110", "latest"), "rdcc_nbytes": 8 << 20}
 IMAGE_LIMIT = 256 << 20  # segments up to this size are built in memory, then written
 
 
@@ -224,6 +227,14 @@ class SegmentWriter:
         ds = h5d.create(f.id, RECORDS.encode(), tid, h5s.create_simple((len(rows),)), dcpl=dcpl)
         raw = np.ascontiguousarray(rows).tobytes()  # the file type mirrors the packed little-endian dtype
         ds.write_direct_chunk((0,), raw + fletcher32(raw).to_bytes(4, "little"))
+
+    def forget_lock_after_fork(self) -> None:
+        """In a forked child: closes its copy of the lock descriptor without unlocking (the lock
+        belongs to the open file the parent shares), so that the lock ends with the recorder."""
+        if self._lock_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._lock_fd)
+            self._lock_fd = -1
 
     def close(self) -> None:
         if self._lock_fd >= 0:

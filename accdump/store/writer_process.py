@@ -7,6 +7,12 @@ cost) and hands it with the heap bytes to a child process over a pipe, which wri
 and answers with its path or the error. Messages are JSON headers and raw array bytes (nothing is
 unpickled); the child imports NumPy and h5py, not torch.
 
+Tensor bytes (a heap of 1 MiB or more) do not go through the pipe, which moves a few hundred MB/s at best: the
+writer thread copies them into a shared memory file (memfd) that the child maps, and the child
+writes the segment's heap from there in one piece. The child has it mapped before the message
+that describes it arrives, so a recorder killed after sending still leaves the child everything
+it needs. Without memfd the bytes go through the pipe.
+
 The parent keeps the rank directory's lock and passes the locked descriptor on: the lock is
 held until both have closed it. A killed parent leaves the child to finish the segment in
 hand (it then reads the end of its pipe and exits), and SIGINT is ignored by the child, so a
@@ -15,13 +21,16 @@ Ctrl-C lets the recorder flush the open step through it.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
+import mmap
 import os
 import signal
 import struct
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +44,49 @@ _HEADER = struct.Struct("<Q")
 _PIPE_BYTES = 1 << 20  # a larger pipe: fewer system calls for the heap of a tensor-mode step
 _F_SETPIPE_SZ = 1031
 _IOV_MAX = 1024
+_ARENA_MIN_HEAP = 1 << 20  # smaller heaps go through the pipe, which is fast enough for them
 Parts = list[tuple[StepColumns, list[np.ndarray]]]
+
+
+class _HeapArena:
+    """A shared memory file both processes map; the heap of the segment being written is laid
+    out in it from offset 0 (write_steps waits for each segment: one region is enough)."""
+
+    def __init__(self) -> None:
+        self.fd = os.memfd_create("accdump-heap", os.MFD_CLOEXEC)
+        self.size = 0
+        self._map: mmap.mmap | None = None
+
+    def place(self, pieces: list[np.ndarray]) -> int:
+        """Copies `pieces` one after another from offset 0, growing the file as needed; returns
+        its size. Raises OSError when memory for it cannot be had."""
+        total = sum(int(p.size) for p in pieces)
+        if total > self.size:
+            size = max(-(-total // (1 << 20)) << 20, 2 * self.size)
+            os.posix_fallocate(self.fd, 0, size)  # ENOSPC now rather than SIGBUS on a page fault
+            self._map = mmap.mmap(self.fd, size)
+            self.size = size
+        assert self._map is not None
+        dst = np.frombuffer(self._map, dtype=np.uint8, count=total)
+        offset = 0
+        for p in pieces:
+            dst[offset : offset + p.size] = p
+            offset += int(p.size)
+        return self.size
+
+    def close(self) -> None:
+        self._map = None
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
+
+
+def _make_arena() -> _HeapArena | None:
+    try:
+        return _HeapArena()
+    except (AttributeError, OSError):  # no memfd here: heap bytes go through the pipe
+        return None
 
 
 class _Channel:
@@ -90,18 +141,31 @@ class _Channel:
 
     def close(self) -> None:
         for fd in (self.read_fd, self.write_fd):
-            if fd < 0:
-                continue
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.read_fd = self.write_fd = -1
 
 
 def _package_root() -> str:
     import accdump
 
     return str(Path(accdump.__file__).resolve().parent.parent)
+
+
+_live_sinks: weakref.WeakSet[SegmentProcess] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A process forked from the recorder's (DataLoader workers, say) must not keep the pipe to the
+    # segment writer or the directory lock open: the writer would wait for it to exit before
+    # seeing the end of its input, and the lock would outlive the recorder.
+    for sink in list(_live_sinks):
+        with contextlib.suppress(Exception):  # one sink's trouble must not leave another's open
+            sink.forget_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class SegmentProcess:
@@ -118,10 +182,26 @@ class SegmentProcess:
         self._local: LocalSegments | None = None
         self._fsync_s = 0.0
         self._closed = False
+        self._arena: _HeapArena | None = None
+        _live_sinks.add(self)
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: closes this process's copies of the pipe, arena and lock descriptors
+        (the recorder's own stay open); this copy of the sink writes nothing more."""
+        self._closed = True
+        if self._chan is not None:
+            self._chan.close()
+            self._chan = None
+        if self._arena is not None:
+            self._arena.close()
+            self._arena = None
+        self._writer.forget_lock_after_fork()
 
     def _start(self) -> None:
         writer = self._writer
         lock_fd = writer.lock_fd
+        self._arena = _make_arena()
+        arena_fd = self._arena.fd if self._arena is not None else -1
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
         env = dict(os.environ)
@@ -129,14 +209,24 @@ class SegmentProcess:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_package_root(), env.get("PYTHONPATH")) if p)
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "accdump.store.writer_process", str(to_child_r), str(from_child_w)],
-                pass_fds=(to_child_r, from_child_w, *([lock_fd] if lock_fd >= 0 else [])),
+                [
+                    sys.executable,
+                    "-m",
+                    "accdump.store.writer_process",
+                    str(to_child_r),
+                    str(from_child_w),
+                    str(arena_fd),
+                ],
+                pass_fds=(to_child_r, from_child_w, *(fd for fd in (lock_fd, arena_fd) if fd >= 0)),
                 stdin=subprocess.DEVNULL,
                 env=env,
             )
         except OSError as exc:
             for fd in (to_child_r, to_child_w, from_child_r, from_child_w):
                 os.close(fd)
+            if self._arena is not None:
+                self._arena.close()
+                self._arena = None
             print(
                 f"accdump: cannot start the segment writer process ({exc}); writing segments in a "
                 "thread instead",
@@ -192,13 +282,22 @@ class SegmentProcess:
         assert self._chan is not None
         frames: list[Any] = []
         steps_meta = []
+        heap: list[np.ndarray] = []
         for sc, pieces in parts:
             meta, arrays = to_wire(sc)
             meta["heap"] = len(pieces)
+            meta["heap_sizes"] = [int(h.size) for h in pieces]
             steps_meta.append(meta)
             frames += arrays
-            frames += [np.ascontiguousarray(h).reshape(-1).view(np.uint8) for h in pieces]
-        self._send({"op": "write", "steps": steps, "parts": steps_meta}, *frames)
+            heap += [np.ascontiguousarray(h).reshape(-1).view(np.uint8) for h in pieces]
+        message: dict[str, Any] = {"op": "write", "steps": steps, "parts": steps_meta}
+        if self._arena is not None and sum(int(h.size) for h in heap) >= _ARENA_MIN_HEAP:
+            try:
+                message["arena"] = self._arena.place(heap)
+                heap = []
+            except OSError:
+                pass  # no room for it in memory: through the pipe
+        self._send(message, *frames, *heap)
         try:
             reply = json.loads(self._chan.recv())
         except (EOFError, OSError) as exc:
@@ -227,6 +326,8 @@ class SegmentProcess:
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait()
+        if self._arena is not None:
+            self._arena.close()
         self._writer.close()  # the child is gone: the lock can go
 
 
@@ -252,10 +353,13 @@ def segment_table(parts: Parts) -> tuple[np.ndarray, list[np.ndarray]]:
     return batch_tables([(build_table(sc, [int(h.size) for h in pieces]), pieces) for sc, pieces in parts])
 
 
-def write_segment(writer: SegmentWriter, parts: Parts, steps: list[int]) -> tuple[Path, int]:
-    """Builds the steps' tables and writes them as one segment; returns its path and size."""
+def write_segment(
+    writer: SegmentWriter, parts: Parts, steps: list[int], whole_heap: np.ndarray | None = None
+) -> tuple[Path, int]:
+    """Builds the steps' tables and writes them as one segment; returns its path and size.
+    `whole_heap`, when given, holds the parts' heap pieces one after another (written at once)."""
     rows, heap = segment_table(parts)
-    return _write(writer, rows, heap, steps)
+    return _write(writer, rows, heap if whole_heap is None else [whole_heap], steps)
 
 
 def _write(
@@ -277,7 +381,33 @@ def _json(message: dict[str, Any]) -> bytes:
     return json.dumps(message, separators=(",", ":")).encode()
 
 
-def _serve(chan: _Channel) -> None:
+class _ArenaView:
+    """The child's mapping of the parent's heap arena."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self._map: mmap.mmap | None = None
+        self._size = 0
+
+    def heap(self, size: int, sizes: list[list[int]]) -> tuple[list[list[np.ndarray]], np.ndarray]:
+        """Each part's heap pieces and the whole heap, as views of the arena (`size` bytes now)."""
+        if size != self._size:
+            self._map = mmap.mmap(self.fd, size, prot=mmap.PROT_READ)
+            self._size = size
+        assert self._map is not None
+        total = sum(sum(s) for s in sizes)
+        whole = np.frombuffer(self._map, dtype=np.uint8, count=total)
+        out, offset = [], 0
+        for part in sizes:
+            pieces = []
+            for n in part:
+                pieces.append(whole[offset : offset + n])
+                offset += n
+            out.append(pieces)
+        return out, whole
+
+
+def _serve(chan: _Channel, arena: _ArenaView | None) -> None:
     opened = json.loads(chan.recv())
     writer = SegmentWriter(opened["root"], opened["rank"], opened["attrs"], claim=False)
     failed = False
@@ -290,11 +420,19 @@ def _serve(chan: _Channel) -> None:
             chan.send(_json({"op": "closed"}))
             return
         steps = message["steps"]
-        received = []
+        in_arena = "arena" in message
+        received: list[tuple[dict[str, Any], list[bytearray], list[np.ndarray]]] = []
         for meta in message["parts"]:
             frames = [chan.recv() for _ in range(_frame_count(meta))]
-            heap = [np.frombuffer(chan.recv(), dtype=np.uint8) for _ in range(meta["heap"])]
-            received.append((meta, frames, heap))
+            received.append((meta, frames, []))
+        if not in_arena:
+            for part_meta, _, heap in received:
+                heap += [np.frombuffer(chan.recv(), dtype=np.uint8) for _ in range(part_meta["heap"])]
+        whole = None
+        if in_arena:
+            assert arena is not None, "the recorder placed the heap in an arena this process lacks"
+            pieces, whole = arena.heap(message["arena"], [meta["heap_sizes"] for meta, _, _ in received])
+            received = [(meta, frames, p) for (meta, frames, _), p in zip(received, pieces, strict=True)]
         if failed:
             chan.send(_json({"op": "error", "message": "an earlier write failed"}))
             continue
@@ -302,7 +440,7 @@ def _serve(chan: _Channel) -> None:
         reply: dict[str, Any]
         try:
             parts = [(from_wire(meta, frames), heap) for meta, frames, heap in received]
-            path, size = write_segment(writer, parts, steps)
+            path, size = write_segment(writer, parts, steps, whole)
             reply = {
                 "op": "ok",
                 "path": os.fspath(path),
@@ -321,8 +459,9 @@ def _serve(chan: _Channel) -> None:
 def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the recorder flushes on Ctrl-C, through us
     chan = _Channel(int(argv[0]), int(argv[1]))
+    arena_fd = int(argv[2]) if len(argv) > 2 else -1
     try:
-        _serve(chan)
+        _serve(chan, _ArenaView(arena_fd) if arena_fd >= 0 else None)
     except (EOFError, BrokenPipeError):
         pass  # the recorder's process is gone before the end of a message: nothing to write
     return 0

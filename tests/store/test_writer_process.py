@@ -215,3 +215,96 @@ def test_channel_frames_round_trip_through_a_small_pipe():
     assert got == [bytes(memoryview(f).cast("B")) for f in frames]
     os.close(r)
     os.close(w)
+
+
+def _tensor_heavy_run(path: Path, sizes: list[int]) -> list[torch.Tensor]:
+    """Records probes of growing sizes (one step each) in tensor mode; returns what was probed."""
+    g = torch.Generator().manual_seed(SEED)
+    probed = []
+    with accdump.record(None, path, mode="tensor") as rec:
+        for n in sizes:
+            t = torch.randn(n, generator=g)
+            probed.append(t)
+            accdump.probe("big", (t, t[::3]))  # a strided view is stored contiguous
+            rec.step()
+    assert rec.error is None
+    return probed
+
+
+def _check_tensors(path: Path, probed: list[torch.Tensor]) -> None:
+    dump = accdump.load(path)
+    records = [r for r in dump.records() if r.name == "big"]
+    assert len(records) == 2 * len(probed)
+    for r in records:
+        t = probed[r.step]
+        assert torch.equal(dump.tensor(r), t if r.arg == "0" else t[::3])
+
+
+def test_heap_bytes_go_through_shared_memory_that_grows(tmp_path, monkeypatch):
+    placed = []
+    place = writer_process._HeapArena.place
+
+    def spy(self, pieces):
+        placed.append(sum(int(p.size) for p in pieces))
+        return place(self, pieces)
+
+    sent = []
+    send = writer_process._Channel.send
+
+    def spy_send(self, *frames):
+        sent.append(sum(memoryview(f).nbytes for f in frames))
+        return send(self, *frames)
+
+    monkeypatch.setattr(writer_process._HeapArena, "place", spy)
+    monkeypatch.setattr(writer_process._Channel, "send", spy_send)
+    monkeypatch.setattr(writer_thread, "MAX_BATCH_STEPS", 1)  # segment k holds step k
+    sizes = [1000, 300_000, 50, 700_000, 250_000]  # floats: heaps of 1.6 and 3.7 MB use the arena
+    probed = _tensor_heavy_run(tmp_path / "d", sizes)
+    _check_tensors(tmp_path / "d", probed)
+    assert placed == [4 * 400_000, 4 * 933_334, 4 * 333_334]  # each step: the tensor and its [::3]
+    assert max(sent) < 100_000  # small heaps, tables and headers: the big tensors took the arena
+
+
+def test_without_shared_memory_heap_bytes_go_through_the_pipe(tmp_path, monkeypatch):
+    monkeypatch.setattr(writer_process, "_make_arena", lambda: None)
+    probed = _tensor_heavy_run(tmp_path / "d", [1000, 300_000])
+    _check_tensors(tmp_path / "d", probed)
+
+
+def test_no_memory_for_the_shared_heap_falls_back_to_the_pipe(tmp_path, monkeypatch):
+    def no_room(fd, offset, size):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(writer_process.os, "posix_fallocate", no_room)
+    probed = _tensor_heavy_run(tmp_path / "d", [1000, 300_000])
+    _check_tensors(tmp_path / "d", probed)
+
+
+def test_a_forked_child_keeps_no_pipe_arena_or_lock_of_the_recorder(tmp_path):
+    with accdump.record(None, tmp_path / "earlier", mode="tensor") as earlier:
+        accdump.probe("p", torch.randn(1000))
+    stale = earlier._writer._sink  # a closed sink still alive: its closed descriptors are skipped
+    assert isinstance(stale, SegmentProcess)
+    with accdump.record(None, tmp_path / "d", mode="tensor") as rec:
+        accdump.probe("p", torch.randn(1000))
+        rec.step()
+        rec._writer.drain()  # the segment writer process runs, with its pipe and arena
+        sink = rec._writer._sink
+        fds = [sink._chan.read_fd, sink._chan.write_fd, sink._arena.fd, sink._writer.lock_fd]
+        assert all(fd >= 0 for fd in fds)
+        pid = os.fork()
+        if pid == 0:  # the forked child: every one of those descriptors is closed here
+            still_open = 0
+            for fd in fds:
+                try:
+                    os.fstat(fd)
+                    still_open += 1
+                except OSError:
+                    pass
+            os._exit(still_open)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        for fd in fds:  # and open in the recorder's process
+            os.fstat(fd)
+        accdump.probe("p", torch.randn(10))
+    assert accdump.load(tmp_path / "d").steps() == [0, 1]
