@@ -110,6 +110,27 @@ bool is_dataclass_instance(PyObject* v) {
   return !PyType_Check(v) && PyObject_HasAttrString(reinterpret_cast<PyObject*>(Py_TYPE(v)), "__dataclass_fields__");
 }
 
+// The (key, value) pairs of a dict subclass as its items() gives them (flatten.py calls items():
+// HF ModelOutput holds only its fields that are set), as a new list of 2-tuples; null with no
+// error set when items() fails or gives something else.
+PyObject* subclass_items(PyObject* obj) {
+  PyObject* view = PyObject_CallMethod(obj, "items", nullptr);
+  PyObject* list = view != nullptr ? PySequence_List(view) : nullptr;
+  Py_XDECREF(view);
+  if (list == nullptr) {
+    PyErr_Clear();
+    return nullptr;
+  }
+  for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list); ++i) {
+    PyObject* kv = PyList_GET_ITEM(list, i);
+    if (!PyTuple_Check(kv) || PyTuple_GET_SIZE(kv) != 2) {
+      Py_DECREF(list);
+      return nullptr;
+    }
+  }
+  return list;
+}
+
 // Whether every tensor in `obj` can be recorded natively and every container walked as
 // flatten.py walks it. Anything else (an unsupported tensor, a dict or list subclass, a
 // dataclass) leaves the whole value to Python.
@@ -118,7 +139,18 @@ bool walkable(const State& s, PyObject* obj, int depth) {
   if (depth >= kMaxDepth) return true;  // flatten.py looks no deeper
   const bool tuple = PyTuple_Check(obj), list = PyList_CheckExact(obj), dict = PyDict_CheckExact(obj);
   if (!tuple && !list && !dict) {
-    if (PyDict_Check(obj) || PyList_Check(obj)) return false;
+    if (PyList_Check(obj)) return false;
+    if (PyDict_Check(obj)) {
+      PyObject* items = subclass_items(obj);
+      if (items == nullptr) return false;
+      bool ok = true;
+      for (Py_ssize_t i = 0; ok && i < PyList_GET_SIZE(items); ++i) {
+        PyObject* v = PyTuple_GET_ITEM(PyList_GET_ITEM(items, i), 1);
+        ok = is_leaf(v) || walkable(s, v, depth + 1);
+      }
+      Py_DECREF(items);
+      return ok;
+    }
     return !is_dataclass_instance(obj);  // other objects hold no tensors flatten.py would find
   }
   if (dict) {
@@ -208,7 +240,8 @@ int64_t collect(State& s, PyObject* obj, PyObject* key, int depth, PyObject* nam
                 PyObject* kind) {
   if (depth >= kMaxDepth) return 0;
   const bool dict = PyDict_CheckExact(obj), tuple = PyTuple_Check(obj), list = PyList_CheckExact(obj);
-  if (!dict && !tuple && !list) return 0;
+  const bool dict_subclass = !dict && PyDict_Check(obj);
+  if (!dict && !tuple && !list && !dict_subclass) return 0;
   int64_t count = 0;
   auto visit = [&](PyObject* k, Py_ssize_t index, PyObject* v) -> bool {
     if (is_leaf(v)) return true;
@@ -232,6 +265,19 @@ int64_t collect(State& s, PyObject* obj, PyObject* key, int depth, PyObject* nam
     while (PyDict_Next(obj, &pos, &k, &v)) {
       if (!visit(k, 0, v)) return -1;
     }
+  } else if (dict_subclass) {
+    PyObject* items = subclass_items(obj);
+    if (items == nullptr) {
+      PyErr_SetString(PyExc_RuntimeError, "accdump: a dict subclass's items() changed while it was recorded");
+      return -1;
+    }
+    bool ok = true;
+    for (Py_ssize_t i = 0; ok && i < PyList_GET_SIZE(items); ++i) {
+      PyObject* kv = PyList_GET_ITEM(items, i);
+      ok = visit(PyTuple_GET_ITEM(kv, 0), 0, PyTuple_GET_ITEM(kv, 1));
+    }
+    Py_DECREF(items);
+    if (!ok) return -1;
   } else {
     const Py_ssize_t n = tuple ? PyTuple_GET_SIZE(obj) : PyList_GET_SIZE(obj);
     for (Py_ssize_t i = 0; i < n; ++i) {

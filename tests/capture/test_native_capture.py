@@ -76,6 +76,24 @@ def test_keys_order_and_statistics_match_python(device: str) -> None:
     assert idx[id(a)] != idx[id(want[3][1])]
 
 
+class ModelOutputLike(OrderedDict):
+    """Like HF ModelOutput: a dict subclass whose items() are its fields that are set."""
+
+    def items(self):
+        return [(k, v) for k, v in super().items() if v is not None]
+
+
+def test_dict_subclasses_are_walked_through_their_items() -> None:
+    g = torch.Generator().manual_seed(9)
+    a, b = torch.randn(3, generator=g), torch.randn(2, 2, generator=g)
+    out = ModelOutputLike(logits=a, past=None, hidden=(b, a), extra=Ordered(z=b))
+    cap = _capture()
+    assert cap.capture(out, "model", 0, 1, "Llama") == 4
+    ints, *_, strings, _, _ = cap.finish()
+    assert [strings[i] for i in ints[:, 9].tolist()] == [k for k, _ in find_tensors(out)]
+    assert [strings[i] for i in ints[:, 9].tolist()] == ["logits", "hidden.0", "hidden.1", "extra.z"]
+
+
 def test_top_level_tensor_and_positional_keys() -> None:
     cap = _capture()
     x = torch.randn(3)
@@ -92,13 +110,14 @@ def test_top_level_tensor_and_positional_keys() -> None:
     "value",
     [
         (torch.randn(2), Holder(torch.randn(2))),  # a dataclass: Python walks its fields
-        {"x": Ordered(a=torch.randn(2))},  # a dict subclass (HF ModelOutput is one)
+        {"x": Ordered(a=Holder(torch.randn(2)))},  # a dataclass inside a dict subclass
+        [torch.randn(2), type("L", (list,), {})([torch.randn(2)])],  # a list subclass
         (torch.randn(2), torch.randn(2, dtype=torch.complex64)),  # a dtype the statistics do not read
         (torch.randn(4, 4).to_sparse(),),
         (torch.randn(2).as_subclass(type("Sub", (torch.Tensor,), {})),),  # a tensor subclass
         (torch.empty(2, device="meta"),),
     ],
-    ids=["dataclass", "dict-subclass", "complex", "sparse", "subclass", "meta"],
+    ids=["dataclass", "dict-subclass", "list-subclass", "complex", "sparse", "subclass", "meta"],
 )
 def test_values_it_cannot_walk_are_left_whole_to_python(value: object) -> None:
     cap = _capture()
