@@ -362,6 +362,16 @@ def test_the_graph_tensor_budget_reaches_the_recorder_from_the_cli(tmp_path):
     assert rec.graph_tensor_bytes == int(2.5 * 2**20)
 
 
+def _steps_recorded_by(script: str, path) -> tuple[str, list[int]]:
+    """Runs `script` (which records into `path` and prints its steps) in a process of its own:
+    torch's failed or broken captures leave the CUDA generator expecting a capture, which would
+    break random numbers on the device in every later test of this process. (stderr, steps)"""
+    done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stderr, json.loads(done.stdout.strip().splitlines()[-1])
+
+
 _FAILED_START = """
 import sys, torch, accdump
 lin = torch.nn.Linear(8, 8).cuda()
@@ -382,13 +392,9 @@ print(accdump.load(sys.argv[1]).steps())
 
 @cuda
 def test_a_capture_that_fails_to_start_leaves_recording_eager(tmp_path):
-    # In a process of its own: torch's failed capture_begin leaves the CUDA generator expecting a
-    # capture, which would break random numbers in every later test of this process.
-    done = subprocess.run([sys.executable, "-c", _FAILED_START, str(tmp_path / "d")], capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert "capture not recorded" in done.stderr
-    assert done.stdout.strip().splitlines()[-1] == "[0]"
+    stderr, steps = _steps_recorded_by(_FAILED_START, tmp_path / "d")
+    assert "capture not recorded" in stderr
+    assert steps == [0]
 
 
 _BROKEN_CAPTURE = """
@@ -414,10 +420,5 @@ print(accdump.load(sys.argv[1]).steps())
 
 @cuda
 def test_a_capture_broken_by_the_users_code_is_closed_and_recording_goes_on(tmp_path):
-    # In a process of its own, like a failed start: the broken capture leaves the CUDA generator
-    # expecting a capture, which breaks random numbers on the device in later tests.
-    done = subprocess.run([sys.executable, "-c", _BROKEN_CAPTURE, str(tmp_path / "d")], capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    steps = json.loads(done.stdout.strip().splitlines()[-1])
+    _, steps = _steps_recorded_by(_BROKEN_CAPTURE, tmp_path / "d")
     assert steps[0] == 0 and len(steps) == 2  # the eager steps before and after
