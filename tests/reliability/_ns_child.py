@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 import accdump
+from accdump.capture import writer_thread
 
 SCRIPT = "print('the script ran')\nraise SystemExit(3)\n"
 
@@ -74,6 +75,10 @@ def _run(path: Path, steps: int, strict: bool, on_step=None) -> dict:
 def tiny_filesystem(mnt: Path, out: Path, strict: bool) -> dict:
     mnt.mkdir(parents=True)
     _mount("-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt))
+    # One step per segment: steps that queue up while the segment writer process starts would
+    # otherwise share the first segment, which then may not fit at all (nothing written is also
+    # correct, but tells less about which steps survive a full disk).
+    writer_thread.MAX_BATCH_STEPS = 1
     res = _run(mnt / "dump", steps=8, strict=strict)
     shutil.copytree(mnt / "dump", out)
     return res
