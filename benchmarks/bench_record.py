@@ -1,7 +1,9 @@
 """Recording overhead on a transformers Llama built from a config (random weights, no downloads).
 
-Times the forward pass plain, with module hooks that do nothing, and under accdump.record in
-stats mode (module and op level) and tensor mode; prints a table and writes JSON.
+Times the forward pass plain, with every module's forward wrapped as accdump wraps it (doing
+nothing), and under accdump.record in stats mode (module and op level), hash and tensor mode;
+prints a table and writes JSON. Each row's ratio is against a plain run timed next to it
+(hosts whose speed drifts between rows skew ratios against one plain run taken at the start).
 
     python benchmarks/bench_record.py                 # H100 preset: 16 layers, hidden 2048, seq 512, bf16
     python benchmarks/bench_record.py --preset cpu    # 4 layers, hidden 256, prefill 32 + 4 decode steps
@@ -23,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 import accdump
+from accdump.capture.module_calls import wrap_forward
 
 PRESETS = {
     "gpu": dict(
@@ -98,10 +101,14 @@ def main() -> None:
     plain = time_it(run, dev, args.reps)
     rows.append({"config": "plain", "seconds": plain, "ratio": 1.0})
 
-    handles = [m.register_forward_hook(lambda *a: None) for m in model.modules()]
-    rows.append({"config": "hooks that do nothing", "seconds": time_it(run, dev, args.reps)})
+    def nothing(*args: object) -> None:
+        return None
+
+    handles = [wrap_forward(m, nothing, nothing) for m in model.modules()]
+    rows.append({"config": "wrappers that do nothing", "seconds": time_it(run, dev, args.reps)})
     for h in handles:
         h.remove()
+    rows[-1]["plain_seconds"] = time_it(run, dev, args.reps)
 
     tmp = Path(tempfile.mkdtemp(prefix="accdump-bench-"))
     configs = [
@@ -113,12 +120,14 @@ def main() -> None:
         configs.insert(1, ("stats, op level", dict(mode="stats", level="op"), max(3, args.reps // 3)))
     for label, kw, reps in configs:
         out = tmp / label.replace(", ", "_").replace(" ", "_")
+        plain_before = time_it(run, dev, args.reps)
         with accdump.record(model, out, **kw) as rec:
             t = time_it(run, dev, reps)
         dump = accdump.load(out)
         row = {
             "config": label,
             "seconds": t,
+            "plain_seconds": plain_before,
             "records_per_run": len(dump) // max(1, len(dump.steps()) // (1 if args.preset == "gpu" else 5)),
             "dump_mib": dump.nbytes() / 2**20,
         }
@@ -129,7 +138,7 @@ def main() -> None:
         rows.append(row)
         shutil.rmtree(out, ignore_errors=True)
     for r in rows:
-        r["ratio"] = r["seconds"] / plain
+        r["ratio"] = r["seconds"] / r.get("plain_seconds", plain)
     name = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
     table = Table(
         title=f"accdump record overhead: Llama {p['layers']}L h{p['hidden']} {p['dtype']} on {name} ({what})"

@@ -26,7 +26,7 @@ from accdump import _C
 from accdump.capture.step_buffer import NATIVE_DTYPES
 
 sys.path.insert(0, str(Path(__file__).parent))
-from record_breakdown import noop_hooks  # noqa: E402
+from record_breakdown import noop_hooks, noop_wrappers  # noqa: E402
 
 
 def best_us(f: Callable[[], None], per: int, sync: bool, repeat: int = 30) -> float:
@@ -92,6 +92,10 @@ def main() -> None:
 
     handles = noop_hooks(model)
     rows["... with do-nothing hooks"] = best_us(forward, n, sync)
+    for h in handles:
+        h.remove()
+    handles = noop_wrappers(model)
+    rows["... with do-nothing forward wrappers"] = best_us(forward, n, sync)
     for h in handles:
         h.remove()
     tmp = tempfile.mkdtemp(prefix="accdump-profile-")

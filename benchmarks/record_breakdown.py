@@ -1,14 +1,16 @@
 """Where the host time of stats recording goes, in µs per record, by elimination.
 
-Times one forward of a transformers Llama six ways (median forward time of each, the six
+Times one forward of a transformers Llama seven ways (median forward time of each, all
 taking turns) and charges each difference to one part:
-  hooks           pre- and post-hooks shaped like accdump's (partial, kwargs, always_call) doing nothing
+  torch hooks     for reference: pre- and post-hooks (partial, kwargs, always_call) doing nothing,
+                  as accdump installed them before it wrapped forward
+  wrappers        every module's forward wrapped as accdump wraps it (module_calls), doing nothing
   capture         accdump.record with no segment written: the native capture (accdump._C.StepCapture:
                   finding the tensors, one statistics launch per tensor not yet measured in the
                   step, the records' columns) and the step's hand-over
   writer          building and writing one segment per forward: columns in the writer thread, the
                   table and HDF5 file in the segment writer process (accdump's default)
-  python capture  "capture" done in Python (ACCDUMP_CAPTURE=python), charged against "hooks"
+  python capture  "capture" done in Python (ACCDUMP_CAPTURE=python), charged against "wrappers"
   writer thread   "writer" with the HDF5 file written in the writer thread (ACCDUMP_WRITER=thread),
                   charged against "capture"
 and also the host cost of one statistics op call through torch.ops on a small tensor.
@@ -37,6 +39,8 @@ from rich.console import Console
 from rich.table import Table
 
 import accdump
+from accdump.capture.module_calls import wrap_forward
+from accdump.capture.writer_thread import step_columns
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_record import PRESETS, build_model  # noqa: E402
@@ -58,6 +62,25 @@ def noop_hooks(model: torch.nn.Module) -> list[Any]:
             mod.register_forward_hook(functools.partial(post, name), with_kwargs=True, always_call=True)
         )
     return handles
+
+
+def noop_wrappers(model: torch.nn.Module) -> list[Any]:
+    def enter(module: Any, args: Any, kwargs: Any) -> None:
+        return None
+
+    def leave(module: Any, args: Any, kwargs: Any, output: Any) -> None:
+        return None
+
+    return [wrap_forward(mod, enter, leave) for _, mod in model.named_modules()]
+
+
+def _write_partly(columns: bool, items: list[Any]) -> None:
+    """What the writer thread does with steps before sending them, and no more."""
+    for p in items:
+        for ev in p.events:
+            ev.synchronize()
+        if columns:
+            step_columns(p)
 
 
 def op_host_us(device: str, dtype: torch.dtype) -> float:
@@ -82,6 +105,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=10, help="turns of each part")
     ap.add_argument("--per-turn", type=int, default=5, help="timed forwards per turn")
     ap.add_argument("--json", default="record_breakdown.json")
+    ap.add_argument(
+        "--writer-parts",
+        action="store_true",
+        help="also split 'writer': the writer thread only waiting on each step's events, and "
+        "waiting then building the step's columns (nothing sent to the segment writer)",
+    )
     args = ap.parse_args()
     p = PRESETS["gpu"] if args.preset == "gpu" else TINY
     dev = p["device"]
@@ -100,8 +129,8 @@ def main() -> None:
     def setup(part: str) -> Iterator[None]:
         if part == "plain":
             yield
-        elif part == "hooks":
-            handles = noop_hooks(model)
+        elif part in ("torch hooks", "wrappers"):
+            handles = noop_hooks(model) if part == "torch hooks" else noop_wrappers(model)
             yield
             for h in handles:
                 h.remove()
@@ -110,18 +139,25 @@ def main() -> None:
                 os.environ["ACCDUMP_WRITER"] = "thread"
             if part == "python capture":
                 os.environ["ACCDUMP_CAPTURE"] = "python"
-            with accdump.record(model, tmp / "d", overwrite=True) as rec:
+            with accdump.record(model, tmp / part.replace(" ", "_").replace(":", ""), overwrite=True) as rec:
                 os.environ.pop("ACCDUMP_WRITER", None)
                 os.environ.pop("ACCDUMP_CAPTURE", None)
                 if not part.startswith("writer"):
                     rec._writer.submit = lambda payload: None  # type: ignore[method-assign,union-attr]
+                elif part in ("writer: wait", "writer: columns"):
+                    rec._writer._write = functools.partial(  # type: ignore[method-assign,union-attr]
+                        _write_partly, part == "writer: columns"
+                    )
                 yield
 
     # Parts run in turns, a few forwards each, so that a machine whose speed drifts (shared
     # CPUs) slows every part alike; the first forward of each turn is not timed.
-    parts = ("plain", "hooks", "capture", "writer", "python capture", "writer thread")
-    charged_against = {"hooks": "plain", "capture": "hooks", "writer": "capture", "python capture": "hooks"}
-    charged_against["writer thread"] = "capture"
+    parts = ("plain", "torch hooks", "wrappers", "capture", "writer", "python capture", "writer thread")
+    charged_against = {"torch hooks": "plain", "wrappers": "plain", "capture": "wrappers"}
+    charged_against.update({"writer": "capture", "python capture": "wrappers", "writer thread": "capture"})
+    if args.writer_parts:
+        parts += ("writer: wait", "writer: columns")
+        charged_against.update({"writer: wait": "capture", "writer: columns": "writer: wait"})
     times: dict[str, list[float]] = {part: [] for part in parts}
     for _ in range(args.rounds):
         for part in parts:
@@ -136,7 +172,7 @@ def main() -> None:
                         torch.cuda.synchronize()
                     times[part].append((time.perf_counter() - t0) * 1e6)
     median = {part: statistics.median(ts) for part, ts in times.items()}
-    records = len(list(accdump.load(tmp / "d").records(step=0)))
+    records = len(list(accdump.load(tmp / "writer").records(step=0)))
     op_us = op_host_us(dev, getattr(torch, p["dtype"]))
 
     name = torch.cuda.get_device_name() if dev == "cuda" else "cpu"

@@ -37,6 +37,7 @@ from accdump.capture.cuda_graphs import (
 )
 from accdump.capture.filters import FILTER_KEYS, Filters
 from accdump.capture.flatten import find_tensors
+from accdump.capture.module_calls import can_wrap, wrap_forward
 from accdump.capture.rank import rank_and_world
 from accdump.capture.step_buffer import (
     NATIVE_DTYPES,
@@ -579,7 +580,10 @@ class Recorder:
 
     # --- module hooks -----------------------------------------------------------------------
 
-    def _install(self, root: nn.Module, prefix: str) -> None:
+    def _install(self, root: nn.Module, prefix: str, wrap: bool = True) -> None:
+        """Names every module under `root` and intercepts its calls: by wrapping its forward
+        (module_calls: no slow path in nn.Module.__call__) or, with `wrap` False or for a
+        TorchScript module, with forward hooks."""
         for sub_name, mod in root.named_modules():
             if mod in self._names:
                 continue
@@ -588,16 +592,13 @@ class Recorder:
             # what a call of this module needs is decided once, here, not per call
             kind = type(mod).__name__
             wanted = self._wants_module(name, kind)
-            self._handles.append(
-                mod.register_forward_pre_hook(
-                    functools.partial(self._pre_hook, name, kind, wanted), with_kwargs=True
-                )
-            )
-            self._handles.append(
-                mod.register_forward_hook(
-                    functools.partial(self._post_hook, name, kind, wanted), with_kwargs=True, always_call=True
-                )
-            )
+            enter = functools.partial(self._pre_hook, name, kind, wanted)
+            leave = functools.partial(self._post_hook, name, kind, wanted)
+            if wrap and can_wrap(mod):
+                self._handles.append(wrap_forward(mod, enter, leave))
+                continue
+            self._handles.append(mod.register_forward_pre_hook(enter, with_kwargs=True))
+            self._handles.append(mod.register_forward_hook(leave, with_kwargs=True, always_call=True))
 
     def _wants_module(self, name: str, kind: str) -> bool:
         """Whether the inputs and outputs of this module's calls are recorded."""
@@ -617,7 +618,8 @@ class Recorder:
         else:
             prefix = "" if self._roots_seen == 0 else f"<{type(module).__name__}#{self._roots_seen}>"
             self._roots_seen += 1
-        self._install(module, prefix)
+        # hooks, not wrapping: this call already has its forward, and runs the new post-hook
+        self._install(module, prefix, wrap=False)
         if self.params:
             self._record_parameters(module)
         name, kind = self._names[module], type(module).__name__

@@ -24,12 +24,13 @@ from accdump.store.record_table import (
     build_table,
     heap_layout,
     hex_digests,
+    string_columns,
 )
 from accdump.store.schema import STATS_FIELDS
 from accdump.store.writer_process import LocalSegments, SegmentProcess
 
 MAX_BATCH_STEPS = 64  # steps one segment may hold (when they queued up)
-_NATIVE_DTYPE_NAMES = np.array([dtype_name(d) for d in NATIVE_DTYPES])
+_NATIVE_DTYPE_NAMES = [dtype_name(d) for d in NATIVE_DTYPES]
 
 
 def _heap(tensors: list[torch.Tensor]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
@@ -60,14 +61,15 @@ def replay_rows(p: StepPayload) -> tuple[np.ndarray, list[np.ndarray]]:
     return rows, heap
 
 
-def native_columns(p: StepPayload) -> tuple[StepColumns, list[np.ndarray]]:
+def native_columns(p: StepPayload, resolve: bool = False) -> tuple[StepColumns, list[np.ndarray]]:
     """The records accdump._C.StepCapture made of step `p`, as columns whose statistics rows
-    follow those of the Python records of the step, device by device, and their heap pieces."""
+    follow those of the Python records of the step, device by device, and their heap pieces.
+    Their strings stay indices into the step's labels (resolved by the segment writer) unless
+    `resolve`: the columns are then to be merged with those of Python records."""
     nat = p.native
     assert nat is not None
     ints = nat.ints.numpy()
     n = len(ints)
-    strings = np.array(nat.strings, dtype=str)
     slot = np.full(n, -1, dtype=np.int64)
     heap = [tensor_to_bytes(t) for t in nat.tensors.values()]
     if heap:  # records are in order: find each stored one's position by its order
@@ -75,7 +77,8 @@ def native_columns(p: StepPayload) -> tuple[StepColumns, list[np.ndarray]]:
     python_rows = {dev: sum(len(c) for c in chunks) for dev, chunks in p.stats.items()}
     row_base = np.array([python_rows.get(d, 0) for d in nat.devices], dtype=np.int64)
     device_id = ints[:, 4]
-    return StepColumns(
+    n_strings = len(nat.strings)
+    sc = StepColumns(
         p.step,
         ints={
             "order": ints[:, 0],
@@ -83,21 +86,25 @@ def native_columns(p: StepPayload) -> tuple[StepColumns, list[np.ndarray]]:
             "role": ints[:, 2],
             "storage_offset": ints[:, 5],
             "contiguous": ints[:, 6],
-            "stats_index": ints[:, 7] + row_base[device_id],
+            "stats_index": ints[:, 7] + row_base[device_id] if python_rows else ints[:, 7],
             "hash_index": np.full(n, -1, dtype=np.int64),
         },
-        strings={
-            "name": strings[ints[:, 8]],
-            "arg": strings[ints[:, 9]],
-            "kind": strings[ints[:, 10]],
-            "dtype": _NATIVE_DTYPE_NAMES[ints[:, 3]],
-            "device": np.array(nat.devices, dtype=str)[device_id],
+        string_ids={
+            "name": ints[:, 8],
+            "arg": ints[:, 9],
+            "kind": ints[:, 10],
+            "dtype": ints[:, 3] + n_strings,
+            "device": device_id + (n_strings + len(_NATIVE_DTYPE_NAMES)),
         },
+        labels=[*nat.strings, *_NATIVE_DTYPE_NAMES, *nat.devices],
         ndims=nat.ndims.numpy(),
         shapes=nat.shapes.numpy(),
         strides=nat.strides.numpy(),
         heap_slot=slot,
-    ), heap
+    )
+    if resolve:
+        sc.strings, sc.string_ids, sc.labels = string_columns(sc), {}, []
+    return sc, heap
 
 
 def merged_columns(a: StepColumns, b: StepColumns) -> StepColumns:
@@ -137,7 +144,7 @@ def step_columns(p: StepPayload) -> tuple[StepColumns, list[np.ndarray]]:
         return StepColumns(p.step, table=table), replay_heap
     if p.native is None:
         return python_columns(p)
-    nat, nat_heap = native_columns(p)
+    nat, nat_heap = native_columns(p, resolve=bool(p.captures))
     stats = {dev: torch.cat(chunks).numpy() for dev, chunks in p.stats.items()}
     for dev, chunks in zip(p.native.devices, p.native.rows, strict=True):
         rows = torch.cat(chunks).numpy()

@@ -28,7 +28,8 @@ class StepColumns:
     `ndims` each record's number of dimensions and `shapes` / `strides` the dimensions of all
     records one after another; `stats` and `hashes` each device's float64 [rows, 13] statistics
     and int64 [rows, 2] fingerprints, which records index by stats_index / hash_index;
-    `heap_slot` each record's tensor among the step's heap pieces (-1: none). A CUDA graph
+    `heap_slot` each record's tensor among the step's heap pieces (-1: none); string columns
+    may come as `string_ids` into `labels` rather than in `strings`. A CUDA graph
     replay comes with its `table` already built."""
 
     step: int
@@ -41,6 +42,10 @@ class StepColumns:
     hashes: dict[str, np.ndarray] = field(default_factory=dict)
     heap_slot: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     table: np.ndarray | None = None
+    # string columns given as indices into `labels` instead (records made natively: the strings
+    # are resolved here, in the segment writer process, not by the recording process)
+    string_ids: dict[str, np.ndarray] = field(default_factory=dict)
+    labels: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ndims) if self.table is None else len(self.table)
@@ -66,6 +71,14 @@ def heap_layout(sizes: list[int] | np.ndarray) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64) if len(sizes) else sizes
 
 
+def string_columns(sc: StepColumns) -> dict[str, np.ndarray]:
+    """Every string column of `sc` as a NumPy unicode array (those given by label resolved)."""
+    if not sc.string_ids:
+        return sc.strings
+    labels = np.array(sc.labels, dtype=str)
+    return {**sc.strings, **{col: labels[ids] for col, ids in sc.string_ids.items()}}
+
+
 def build_table(sc: StepColumns, heap_sizes: list[int] | np.ndarray) -> np.ndarray:
     """The record table of one step; `heap_sizes` are the byte sizes of its heap pieces."""
     if sc.table is not None:
@@ -74,9 +87,10 @@ def build_table(sc: StepColumns, heap_sizes: list[int] | np.ndarray) -> np.ndarr
     if n == 0:
         return np.zeros(0, dtype=record_dtype({}, 1))
     ints = sc.ints
+    text = string_columns(sc)
     stats = np.zeros((n, len(STATS_FIELDS)))
     hashes = np.zeros(n, dtype="S1")
-    devices = sc.strings["device"]
+    devices = text["device"]
     for dev in np.unique(devices):
         idx = np.flatnonzero(devices == dev)
         stats[idx] = sc.stats[str(dev)][ints["stats_index"][idx]]
@@ -84,7 +98,7 @@ def build_table(sc: StepColumns, heap_sizes: list[int] | np.ndarray) -> np.ndarr
         if len(hashed):
             hashes = hashes.astype("S32")
             hashes[hashed] = hex_digests(sc.hashes[str(dev)][ints["hash_index"][hashed]])
-    strings = {col: np.char.encode(sc.strings[col], "utf-8") for col in STRING_COLUMNS}
+    strings = {col: np.char.encode(text[col], "utf-8") for col in STRING_COLUMNS}
     strings["hash"] = hashes
     dims = max(1, int(sc.ndims.max()))
     rows = np.zeros(n, dtype=record_dtype({col: v.dtype.itemsize for col, v in strings.items()}, dims))
@@ -128,6 +142,8 @@ def to_wire(sc: StepColumns) -> tuple[dict[str, Any], list[np.ndarray]]:
         return meta, arrays
     meta["ints"] = {k: ref(v) for k, v in sc.ints.items()}
     meta["strings"] = {k: ref(v) for k, v in sc.strings.items()}
+    meta["string_ids"] = {k: ref(v) for k, v in sc.string_ids.items()}
+    meta["labels"] = sc.labels  # in the JSON description: one C-speed encoding of every label
     for k in ("ndims", "shapes", "strides", "heap_slot"):
         meta[k] = ref(getattr(sc, k))
     meta["stats"] = {k: ref(v) for k, v in sc.stats.items()}
@@ -153,6 +169,8 @@ def from_wire(meta: dict[str, Any], frames: list[Any]) -> StepColumns:
     sc = StepColumns(meta["step"])
     sc.ints = {k: arr(v) for k, v in meta["ints"].items()}
     sc.strings = {k: arr(v) for k, v in meta["strings"].items()}
+    sc.string_ids = {k: arr(v) for k, v in meta["string_ids"].items()}
+    sc.labels = meta["labels"]
     for k in ("ndims", "shapes", "strides", "heap_slot"):
         setattr(sc, k, arr(meta[k]))
     sc.stats = {k: arr(v) for k, v in meta["stats"].items()}

@@ -373,7 +373,7 @@ def _frame_count(meta: dict[str, Any]) -> int:
     """How many array frames follow a step's description (record_table.to_wire)."""
     if "table" in meta:
         return 1
-    groups = ("ints", "strings", "stats", "hashes")
+    groups = ("ints", "strings", "string_ids", "stats", "hashes")
     return sum(len(meta[g]) for g in groups) + 4  # + ndims, shapes, strides, heap_slot
 
 

@@ -1,0 +1,157 @@
+"""module_calls.wrap_forward: every call of a module seen on entry and exit, the module computing
+exactly what it computed, and everything put back on remove()."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import accdump
+from accdump.capture.module_calls import can_wrap, wrap_forward
+
+
+class Scaled(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor, scale: float = 1.0, *, bias: torch.Tensor | None = None) -> Any:
+        """Scaled linear."""
+        y = self.lin(x) * scale
+        return y if bias is None else y + bias
+
+
+class Fails(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise ValueError("broken layer")
+
+
+def tracing(log: list) -> tuple:
+    def enter(module, args, kwargs):
+        log.append(("enter", module, args, dict(kwargs)))
+
+    def leave(module, args, kwargs, output):
+        log.append(("leave", module, args, dict(kwargs), output))
+
+    return enter, leave
+
+
+def test_calls_are_seen_with_their_arguments_and_output():
+    torch.manual_seed(0)
+    m = Scaled()
+    x, b = torch.randn(3, 8), torch.randn(4)
+    want = m(x, 2.0, bias=b)
+    log: list = []
+    handle = wrap_forward(m, *tracing(log))
+    got = m(x, 2.0, bias=b)
+    assert torch.equal(got, want)
+    assert [e[0] for e in log] == ["enter", "leave"]
+    assert log[0][1] is m and log[0][2][0] is x and log[0][2][1] == 2.0 and log[0][3] == {"bias": b}
+    assert log[1][4] is got
+    assert not m._forward_hooks and not m._forward_pre_hooks  # nn.Module keeps its fast path
+    handle.remove()
+    assert "forward" not in m.__dict__
+    m(x)
+    assert len(log) == 2
+
+
+def test_signature_and_docs_are_the_modules():
+    m = Scaled()
+    before = inspect.signature(m.forward)
+    handle = wrap_forward(m, *tracing([]))
+    assert inspect.signature(m.forward) == before
+    assert list(inspect.signature(m.forward).parameters)[:2] == ["x", "scale"]
+    assert m.forward.__doc__ == "Scaled linear."
+    handle.remove()
+
+
+def test_a_failing_forward_is_left_with_no_output_and_raises():
+    m, log = Fails(), []
+    wrap_forward(m, *tracing(log))
+    with pytest.raises(ValueError, match="broken layer"):
+        m(torch.ones(2))
+    assert [e[0] for e in log] == ["enter", "leave"] and log[1][4] is None
+
+
+def test_a_deep_copy_runs_its_own_weights():
+    torch.manual_seed(0)
+    m, log = Scaled(), []
+    wrap_forward(m, *tracing(log))
+    twin = copy.deepcopy(m)
+    with torch.no_grad():
+        twin.lin.weight.add_(1.0)
+    x = torch.randn(2, 8)
+    assert not torch.equal(twin(x), m(x))
+    assert log[0][1] is twin and log[2][1] is m  # each call seen with the module that ran
+
+
+def test_a_forward_patched_on_the_class_later_is_the_one_that_runs():
+    class Patched(nn.Module):
+        def forward(self, x):
+            return x + 1
+
+    m, log = Patched(), []
+    wrap_forward(m, *tracing(log))
+    Patched.forward = lambda self, x: x * 10  # type: ignore[method-assign]
+    assert torch.equal(m(torch.ones(2)), torch.full((2,), 10.0))
+    assert len(log) == 2
+
+
+def test_an_instance_forward_set_before_is_wrapped_and_put_back():
+    torch.manual_seed(0)
+    m = Scaled()
+    calls = []
+
+    def offloaded(x, *args, **kwargs):  # as accelerate's hooks replace forward on the instance
+        calls.append(x)
+        return Scaled.forward(m, x, *args, **kwargs)
+
+    m.forward = functools.update_wrapper(functools.partial(offloaded), Scaled.forward)
+    theirs = m.forward
+    log: list = []
+    handle = wrap_forward(m, *tracing(log))
+    x = torch.randn(2, 8)
+    torch.testing.assert_close(m(x, 3.0), m.lin(x) * 3.0)
+    assert len(calls) == 1 and [e[0] for e in log] == ["enter", "leave"] and log[0][1] is m
+    handle.remove()
+    assert m.forward is theirs
+
+
+def test_remove_leaves_a_wrapper_someone_added_after_ours():
+    m, log = Scaled(), []
+    handle = wrap_forward(m, *tracing(log))
+    ours = m.forward
+
+    def later(*args, **kwargs):
+        return ours(*args, **kwargs)
+
+    m.forward = later
+    handle.remove()
+    assert m.forward is later  # theirs stays; it still calls ours
+    m(torch.randn(1, 8))
+    assert len(log) == 2
+
+
+def test_torchscript_modules_are_not_wrapped():
+    assert can_wrap(Scaled())
+    assert not can_wrap(torch.jit.script(nn.Linear(2, 2)))
+
+
+def test_compiling_a_recorded_model_traces_no_recorder_code(tmp_path):
+    torch.manual_seed(0)
+    m = nn.Sequential(Scaled(), nn.ReLU(), nn.Linear(4, 2)).eval()
+    x = torch.randn(3, 8)
+    with torch.no_grad(), accdump.record(m, tmp_path / "d"):
+        eager = m(x)
+        explained = torch._dynamo.explain(m)(x)
+        compiled = torch.compile(m, backend="aot_eager", fullgraph=True)(x)
+    assert explained.graph_break_count == 0 and explained.graph_count == 1
+    torch.testing.assert_close(compiled, eager)
+    names = {r.name for r in accdump.load(tmp_path / "d").records(step=0)}
+    assert {"", "0", "0.lin", "1", "2"} <= names
