@@ -75,8 +75,14 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--json", default="bench_record.json")
     ap.add_argument("--skip-op", action="store_true", help="skip the (slow) op-level row")
+    ap.add_argument(
+        "--seq",
+        type=int,
+        help="tokens per forward instead of the preset's (longer: the device, not the host, sets the pace)",
+    )
+    ap.add_argument("--stats-only", action="store_true", help="time only the module-level stats row")
     args = ap.parse_args()
-    p = PRESETS[args.preset]
+    p = dict(PRESETS[args.preset], **({"seq": args.seq} if args.seq else {}))
     dev = p["device"]
     model = build_model(p)
     gen = torch.Generator(device="cpu").manual_seed(0)
@@ -118,6 +124,8 @@ def main() -> None:
     ]
     if not args.skip_op:
         configs.insert(1, ("stats, op level", dict(mode="stats", level="op"), max(3, args.reps // 3)))
+    if args.stats_only:
+        configs = configs[:1]
     for label, kw, reps in configs:
         out = tmp / label.replace(", ", "_").replace(" ", "_")
         plain_before = time_it(run, dev, args.reps)

@@ -159,8 +159,10 @@ def main() -> None:
         parts += ("writer: wait", "writer: columns")
         charged_against.update({"writer: wait": "capture", "writer: columns": "writer: wait"})
     times: dict[str, list[float]] = {part: [] for part in parts}
-    for _ in range(args.rounds):
-        for part in parts:
+    for r in range(args.rounds):
+        # each round starts one part later: a part that leaves work behind (a writer process
+        # flushing) or a position in the round that runs slower then weighs on every part alike
+        for part in parts[r % len(parts) :] + parts[: r % len(parts)]:
             with setup(part):
                 forward()
                 for _ in range(args.per_turn):

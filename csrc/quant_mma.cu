@@ -97,24 +97,32 @@ __device__ __forceinline__ void pack_planes(const float* v, uint32_t (&u)[XS][N]
   }
 }
 
-// This thread's share of its warp's 32 x 32 outputs (2 x 4 mma tiles of 16 x 8): float32 sums of
-// the current 128 values of K (promoted, if scaled) and, with kPromote, of the current scale group;
-// every 128 values the sums go to the float64 accumulators acc64[kOuts][kThreads] in shared memory.
+// Runs f(mi, nj, c) for each of this thread's 32 outputs of its warp's 32 x 32 (2 x 4 mma tiles of
+// 16 x 8, 4 values each): row mi * 16 + 8 (c >> 1), column nj * 8 + (c & 1) from its first.
+template <typename F>
+__device__ __forceinline__ void for_each_output(F f) {
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+    for (int nj = 0; nj < 4; ++nj)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) f(mi, nj, c);
+}
+
+// This thread's share of its warp's outputs: float32 sums of the current 128 values of K
+// (promoted, if scaled) and, with kPromote, of the current scale group; every 128 values the sums
+// go to the float64 accumulators acc64[kOuts][kThreads] in shared memory. (Keeping those in
+// registers instead leaves one block an SM: on the H100 the planes GEMM then ran 1.27x slower.)
 template <bool kPromote>
 struct WarpSums {
   float acc[2][4][4];
   float tmp[kPromote ? 2 : 1][4][4];
 
   __device__ __forceinline__ void zero() {
-#pragma unroll
-    for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-      for (int nj = 0; nj < 4; ++nj)
-#pragma unroll
-        for (int c = 0; c < 4; ++c) {
-          acc[mi][nj][c] = 0.0f;
-          if constexpr (kPromote) tmp[mi][nj][c] = 0.0f;
-        }
+    for_each_output([&](int mi, int nj, int c) {
+      acc[mi][nj][c] = 0.0f;
+      if constexpr (kPromote) tmp[mi][nj][c] = 0.0f;
+    });
   }
 
   template <int XS>
@@ -130,45 +138,45 @@ struct WarpSums {
         }
   }
 
-  // Adds the group's sums times its scales: sx at this thread's rows (+ mi * 16 + 8 h), sw at its
-  // columns (+ nj * 8 + c), both staged in shared memory.
-  __device__ __forceinline__ void promote(const float* sx, const float* sw) {
+  // The scale of output (mi, nj, c): sx at this thread's rows, sw at its columns, both staged in
+  // shared memory, `stride` floats a row.
+  static __device__ __forceinline__ float scale_of(const float* sx, const float* sw, int stride, int mi, int nj,
+                                                   int c) {
+    return sx[(mi * 16 + 8 * (c >> 1)) * stride] * sw[(nj * 8 + (c & 1)) * stride];
+  }
+
+  // Adds the group's sums times its scales.
+  __device__ __forceinline__ void promote(const float* sx, const float* sw, int stride = 1) {
     if constexpr (kPromote) {
-#pragma unroll
-      for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-        for (int nj = 0; nj < 4; ++nj)
-#pragma unroll
-          for (int c = 0; c < 4; ++c) {
-            const float scale = sx[mi * 16 + 8 * (c >> 1)] * sw[nj * 8 + (c & 1)];
-            acc[mi][nj][c] = fmaf(tmp[mi][nj][c], scale, acc[mi][nj][c]);
-            tmp[mi][nj][c] = 0.0f;
-          }
+      for_each_output([&](int mi, int nj, int c) {
+        acc[mi][nj][c] = fmaf(tmp[mi][nj][c], scale_of(sx, sw, stride, mi, nj, c), acc[mi][nj][c]);
+        tmp[mi][nj][c] = 0.0f;
+      });
     }
   }
 
   // Adds the group's sums unscaled (its scales were folded into the codes).
   __device__ __forceinline__ void absorb() {
     if constexpr (kPromote) {
-#pragma unroll
-      for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-        for (int nj = 0; nj < 4; ++nj)
-#pragma unroll
-          for (int c = 0; c < 4; ++c) acc[mi][nj][c] += tmp[mi][nj][c], tmp[mi][nj][c] = 0.0f;
+      for_each_output([&](int mi, int nj, int c) { acc[mi][nj][c] += tmp[mi][nj][c], tmp[mi][nj][c] = 0.0f; });
     }
   }
 
+  __device__ __forceinline__ void add64(double* acc64, int tid, int mi, int nj, int c, float v) {
+    acc64[((mi * 4 + nj) * 4 + c) * kThreads + tid] += static_cast<double>(v);
+    acc[mi][nj][c] = 0.0f;
+  }
+
   __device__ __forceinline__ void flush(double* acc64, int tid) {
-#pragma unroll
-    for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-      for (int nj = 0; nj < 4; ++nj)
-#pragma unroll
-        for (int c = 0; c < 4; ++c) {
-          acc64[((mi * 4 + nj) * 4 + c) * kThreads + tid] += static_cast<double>(acc[mi][nj][c]);
-          acc[mi][nj][c] = 0.0f;
-        }
+    for_each_output([&](int mi, int nj, int c) { add64(acc64, tid, mi, nj, c, acc[mi][nj][c]); });
+  }
+
+  // flush() of sums that are one whole scale group: each times its scales first (in float32, as
+  // promote() would round it), so no separate group sums are kept.
+  __device__ __forceinline__ void flush_scaled(double* acc64, int tid, const float* sx, const float* sw, int stride) {
+    for_each_output([&](int mi, int nj, int c) {
+      add64(acc64, tid, mi, nj, c, acc[mi][nj][c] * scale_of(sx, sw, stride, mi, nj, c));
+    });
   }
 };
 
@@ -192,18 +200,13 @@ __device__ __forceinline__ void load_fragments(uint32_t (&a)[XS][2][4], uint32_t
 // `out`, or to this split's partials.
 __device__ __forceinline__ void write_outputs(const double* acc64, int tid, int64_t m0, int64_t n0, int64_t rows,
                                               int64_t cols, const LinearParams& p, double* partials, float* out) {
-#pragma unroll
-  for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-    for (int nj = 0; nj < 4; ++nj)
-#pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        const int64_t m = m0 + mi * 16 + 8 * (c >> 1), n = n0 + nj * 8 + (c & 1);
-        if (m >= rows || n >= cols) continue;
-        const double v = acc64[((mi * 4 + nj) * 4 + c) * kThreads + tid];
-        if (partials != nullptr) partials[(static_cast<int64_t>(blockIdx.z) * rows + m) * cols + n] = v;
-        else out[m * cols + n] = finish(v, p, n);
-      }
+  for_each_output([&](int mi, int nj, int c) {
+    const int64_t m = m0 + mi * 16 + 8 * (c >> 1), n = n0 + nj * 8 + (c & 1);
+    if (m >= rows || n >= cols) return;
+    const double v = acc64[((mi * 4 + nj) * 4 + c) * kThreads + tid];
+    if (partials != nullptr) partials[(static_cast<int64_t>(blockIdx.z) * rows + m) * cols + n] = v;
+    else out[m * cols + n] = finish(v, p, n);
+  });
 }
 
 template <int XS, bool kPromote>
@@ -380,24 +383,57 @@ __global__ void e8m0_fold_check_kernel(QuantOperand q, int lo, int hi, int* fold
 struct Planes {
   const __nv_bfloat16* a;  // [XS][mp][kp]
   const __nv_bfloat16* b;  // [np][kp]
-  int64_t mp, kp;
+  // scales applied after the tensor cores, as planes [kp / 32][mp or np][2]: the scale of each 16
+  // values of K of each row, a K step's contiguous (copied with the tiles); nullptr: none
+  const float* sx;
+  const float* sw;
+  int64_t mp, np, kp;
   const int* folded;       // non-null: *folded != 0 when w's scales were folded into its plane
+  int run_if_folded;       // -1: always run; 0 / 1: only when *folded is 0 / not 0
 };
 
-template <int XS, bool kPromote>
+// How the planes GEMM applies scales that stay out of the planes.
+enum PlanesMode : int {
+  kPlain = 0,          // none (folded into the planes, or none at all)
+  kPromoteGroups = 1,  // each scale group's float32 sums times its scales (groups under 128)
+  kScaledFlush = 2,    // groups of 128: the sums flushed every 128 values of K are the group's
+};
+
+// Scale planes (see Planes) of `q`: one scale per 16 values of K and row, rows and K padded (the
+// padding repeats the last scale: its values are zeros).
+__global__ void scale_planes_kernel(QuantOperand q, int64_t rows_p, int64_t kp, float* out) {
+  const int64_t total = rows_p * (kp / 16);
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t h = i & 1, r = (i >> 1) % rows_p, step = (i >> 1) / rows_p;
+    const int64_t c = min(step * kBK + h * 16, q.cols - 1);
+    out[i] = scale_at(q, min(r, q.rows - 1), c);
+  }
+}
+
+template <int XS, int kMode>
 __global__ void __launch_bounds__(kThreads, XS == 1 ? 2 : 1)
     linear_planes_kernel(Planes pl, QuantOperand x, QuantOperand w, LinearParams p, MmaPlan plan,
                          int64_t k_per_split, double* partials, float* out) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  constexpr bool kPromote = kMode == kPromoteGroups, kScales = kMode != kPlain;
+  // MX weights whose fold is decided on the device: two launches, one of which returns here
+  if (pl.run_if_folded >= 0 && (pl.folded != nullptr && *pl.folded ? 1 : 0) != pl.run_if_folded) return;
   extern __shared__ __align__(16) unsigned char smem[];
   double* acc64 = reinterpret_cast<double*>(smem);                                   // [kOuts][kThreads]
   __nv_bfloat16* as = reinterpret_cast<__nv_bfloat16*>(acc64 + kOuts * kThreads);  // [S][XS][kBM][kBK]
   __nv_bfloat16* bs = as + kGStages * XS * kBM * kBK;                               // [S][kBN][kBK]
-  float* sxs = reinterpret_cast<float*>(bs + kGStages * kBN * kBK);                  // [S][2][kBM]
-  float* sws = sxs + kGStages * 2 * kBM;                                             // [S][2][kBN]
+  float* sxs = reinterpret_cast<float*>(bs + kGStages * kBN * kBK);                  // [S][kBM][2]
+  float* sws = sxs + kGStages * 2 * kBM;                                             // [S][kBN][2]
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
 #pragma unroll
   for (int i = 0; i < kOuts; ++i) acc64[i * kThreads + tid] = 0.0;
+  if constexpr (kScales) {  // an operand without scales multiplies by ones
+    if (pl.sx == nullptr)
+      for (int i = tid; i < kGStages * 2 * kBM; i += kThreads) sxs[i] = 1.0f;
+    if (pl.sw == nullptr)
+      for (int i = tid; i < kGStages * 2 * kBN; i += kThreads) sws[i] = 1.0f;
+  }
 
   const int64_t m0 = static_cast<int64_t>(blockIdx.y) * kBM, n0 = static_cast<int64_t>(blockIdx.x) * kBN;
   const int64_t kb = static_cast<int64_t>(blockIdx.z) * k_per_split;
@@ -422,20 +458,17 @@ __global__ void __launch_bounds__(kThreads, XS == 1 ? 2 : 1)
           cp_async16(bs + swz(slot * kBN + r, i & 3), pl.b + (n0 + r) * pl.kp + k0 + c);
         }
       }
+      if constexpr (kScales) {  // the step's scales: 2 a row, 2 rows a piece
+        const int64_t plane_step = k0 / kBK;
+        if (pl.sx != nullptr && tid < kBM / 2)
+          cp_async16(sxs + (slot * kBM + tid * 2) * 2, pl.sx + (plane_step * pl.mp + m0 + tid * 2) * 2);
+        if (pl.sw != nullptr && tid >= kThreads - kBN / 2) {
+          const int i = tid - (kThreads - kBN / 2);
+          cp_async16(sws + (slot * kBN + i * 2) * 2, pl.sw + (plane_step * pl.np + n0 + i * 2) * 2);
+        }
+      }
     }
     cp_async_commit();  // empty groups past the end keep the wait count uniform
-  };
-  float sx_next = 1.0f, sw_next = 1.0f;  // kPromote: this thread's share of a step's scales
-  auto fetch_scales = [&](int64_t step) {
-    if (step >= steps || folded) return;
-    const int64_t c = min(kb + step * kBK + (tid & 1) * 16, x.cols - 1);
-    if (plan.x_promote && tid < 2 * kBM) sx_next = scale_at(x, min(m0 + (tid >> 1), x.rows - 1), c);
-    if (plan.w_promote) sw_next = scale_at(w, min(n0 + (tid >> 1), w.rows - 1), c);
-  };
-  auto stage_scales = [&](int64_t step) {
-    const int slot = static_cast<int>(step % kGStages);
-    if (tid < 2 * kBM) sxs[(slot * 2 + (tid & 1)) * kBM + (tid >> 1)] = sx_next;
-    sws[(slot * 2 + (tid & 1)) * kBN + (tid >> 1)] = sw_next;
   };
 
   WarpSums<kPromote> sums;
@@ -443,19 +476,10 @@ __global__ void __launch_bounds__(kThreads, XS == 1 ? 2 : 1)
 
 #pragma unroll
   for (int s = 0; s < kGStages - 1; ++s) issue(s);
-  if constexpr (kPromote) {
-    fetch_scales(0);
-    stage_scales(0);
-    fetch_scales(1);
-  }
   const int64_t group_mask = plan.group - 1;
   for (int64_t step = 0; step < steps; ++step) {
     cp_async_wait<kGStages - 2>();
     __syncthreads();  // this step's tiles are in; the slot refilled below has been consumed
-    if constexpr (kPromote) {
-      stage_scales(step + 1);  // read two steps later, after a barrier
-      fetch_scales(step + 2);
-    }
     issue(step + kGStages - 1);
     const int slot = static_cast<int>(step % kGStages);
     const int64_t k0 = kb + step * kBK;
@@ -475,11 +499,18 @@ __global__ void __launch_bounds__(kThreads, XS == 1 ? 2 : 1)
       sums.multiply<XS>(a, b);
       const int64_t kn = k + 16;
       const bool last = kn >= ke;
-      if (last || (kn & group_mask) == 0) {
-        if (folded) sums.absorb();
-        else sums.promote(sxs + (slot * 2 + ks) * kBM + wm + g, sws + (slot * 2 + ks) * kBN + wn + 2 * t);
+      const float* sx = sxs + (slot * kBM + wm + g) * 2 + ks;
+      const float* sw = sws + (slot * kBN + wn + 2 * t) * 2 + ks;
+      if constexpr (kPromote) {
+        if (last || (kn & group_mask) == 0) {
+          if (folded) sums.absorb();
+          else sums.promote(sx, sw, 2);
+        }
       }
-      if (last || (kn & 127) == 0) sums.flush(acc64, tid);
+      if (last || (kn & 127) == 0) {
+        if constexpr (kMode == kScaledFlush) sums.flush_scaled(acc64, tid, sx, sw, 2);
+        else sums.flush(acc64, tid);
+      }
     }
   }
   cp_async_wait<0>();
@@ -602,7 +633,27 @@ bool e8m0_fold_range(DType elem, int& lo, int& hi) {
   }
 }
 
-template <int XS, bool kPromote>
+template <int XS, int kMode>
+void run_planes_kernel(const Planes& pl, const QuantOperand& x, const QuantOperand& w, const LinearParams& p,
+                       const MmaPlan& plan, int64_t splits, double* workspace, float* out, cudaStream_t stream) {
+  const size_t smem = sizeof(double) * kOuts * kThreads +
+                      sizeof(uint16_t) * kGStages * (XS * kBM + kBN) * kBK + sizeof(float) * kGStages * 2 * (kBM + kBN);
+  ACCDUMP_CUDA_CHECK(cudaFuncSetAttribute(linear_planes_kernel<XS, kMode>,
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  linear_planes_kernel<XS, kMode><<<grid_of(x, w, splits), kThreads, smem, stream>>>(
+      pl, x, w, p, plan, split_length(x.cols, splits), splits > 1 ? workspace : nullptr, out);
+  ACCDUMP_LAUNCH_CHECK();
+}
+
+void scale_planes(const QuantOperand& q, int64_t rows_p, int64_t kp, float* out, cudaStream_t stream) {
+  const int64_t n = rows_p * (kp / 16);
+  if (n == 0) return;
+  scale_planes_kernel<<<static_cast<int>(std::min<int64_t>(ceil_div(n, 256), 65535 * 8)), 256, 0, stream>>>(q, rows_p, kp,
+                                                                                                         out);
+  ACCDUMP_LAUNCH_CHECK();
+}
+
+template <int XS>
 void launch_planes(const QuantOperand& x, const QuantOperand& w, const LinearParams& p, const MmaPlan& plan,
                    int64_t splits, double* workspace, void* planes, float* out, cudaStream_t stream) {
   const PlaneDims d = plane_dims(x, w);
@@ -624,14 +675,27 @@ void launch_planes(const QuantOperand& x, const QuantOperand& w, const LinearPar
   }
   decode_planes<XS>(x, plan.x_promote, nullptr, d.mp, d.kp, a, stream);
   decode_planes<1>(w, plan.w_promote, folded, d.np, d.kp, b, stream);
-  const size_t smem = sizeof(double) * kOuts * kThreads +
-                      sizeof(uint16_t) * kGStages * (XS * kBM + kBN) * kBK + sizeof(float) * kGStages * 2 * (kBM + kBN);
-  ACCDUMP_CUDA_CHECK(cudaFuncSetAttribute(linear_planes_kernel<XS, kPromote>,
-                                          cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  linear_planes_kernel<XS, kPromote><<<grid_of(x, w, splits), kThreads, smem, stream>>>(
-      Planes{a, b, d.mp, d.kp, folded}, x, w, p, plan, split_length(x.cols, splits), splits > 1 ? workspace : nullptr,
-      out);
-  ACCDUMP_LAUNCH_CHECK();
+  // the scales left out of the planes, as planes of their own after the fold flag's 16 bytes
+  float* scales = reinterpret_cast<float*>(reinterpret_cast<char*>(b + d.np * d.kp) + 16);
+  float* sx = plan.x_promote ? scales : nullptr;
+  float* sw = plan.w_promote ? scales + (plan.x_promote ? d.mp * (d.kp / 16) : 0) : nullptr;
+  if (sx != nullptr) scale_planes(x, d.mp, d.kp, sx, stream);
+  if (sw != nullptr) scale_planes(w, d.np, d.kp, sw, stream);
+  Planes pl{a, b, sx, sw, d.mp, d.np, d.kp, folded, -1};
+  if (!plan.x_promote && !plan.w_promote) {
+    run_planes_kernel<XS, kPlain>(pl, x, w, p, plan, splits, workspace, out, stream);
+  } else if (folded != nullptr) {
+    // the fold is known on the device only: a plain GEMM that runs if it held and the promoting one
+    // otherwise; the other returns at once (a few microseconds)
+    pl.run_if_folded = 1;
+    run_planes_kernel<XS, kPlain>(pl, x, w, p, plan, splits, workspace, out, stream);
+    pl.run_if_folded = 0;
+    run_planes_kernel<XS, kPromoteGroups>(pl, x, w, p, plan, splits, workspace, out, stream);
+  } else if (plan.group == 128) {
+    run_planes_kernel<XS, kScaledFlush>(pl, x, w, p, plan, splits, workspace, out, stream);
+  } else {
+    run_planes_kernel<XS, kPromoteGroups>(pl, x, w, p, plan, splits, workspace, out, stream);
+  }
 }
 
 }  // namespace
@@ -649,7 +713,10 @@ int64_t linear_planes_bytes(const QuantOperand& x, const QuantOperand& w, int cc
   int xs;
   if (x.rows < kPlanesMinRows || !plan_mma(x, w, cc_major, plan, xs)) return 0;
   const PlaneDims d = plane_dims(x, w);
-  return static_cast<int64_t>(sizeof(uint16_t)) * (xs * d.mp + d.np) * d.kp + 16;  // + the fold flag
+  const int64_t scale_rows = (plan.x_promote ? d.mp : 0) + (plan.w_promote ? d.np : 0);
+  // bf16 planes, the fold flag (16 bytes), float32 scale planes
+  return static_cast<int64_t>(sizeof(uint16_t)) * (xs * d.mp + d.np) * d.kp + 16 +
+         static_cast<int64_t>(sizeof(float)) * scale_rows * (d.kp / 16);
 }
 
 void launch_block_scaled_linear_mma(const QuantOperand& x, const QuantOperand& w, const LinearParams& p,
@@ -660,10 +727,8 @@ void launch_block_scaled_linear_mma(const QuantOperand& x, const QuantOperand& w
   if (!plan_mma(x, w, cc_major, plan, xs)) throw std::logic_error("accdump: tensor-core linear chosen for operands it cannot take");
   const bool promote = plan.x_promote || plan.w_promote;
   if (planes != nullptr) {
-    if (xs == 1 && promote) launch_planes<1, true>(x, w, p, plan, splits, workspace, planes, out, stream);
-    else if (xs == 1) launch_planes<1, false>(x, w, p, plan, splits, workspace, planes, out, stream);
-    else if (promote) launch_planes<3, true>(x, w, p, plan, splits, workspace, planes, out, stream);
-    else launch_planes<3, false>(x, w, p, plan, splits, workspace, planes, out, stream);
+    if (xs == 1) launch_planes<1>(x, w, p, plan, splits, workspace, planes, out, stream);
+    else launch_planes<3>(x, w, p, plan, splits, workspace, planes, out, stream);
   } else if (xs == 1 && promote) {
     launch<1, true>(x, w, p, plan, splits, workspace, out, stream);
   } else if (xs == 1) {

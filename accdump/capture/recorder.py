@@ -592,13 +592,15 @@ class Recorder:
             # what a call of this module needs is decided once, here, not per call
             kind = type(mod).__name__
             wanted = self._wants_module(name, kind)
-            enter = functools.partial(self._pre_hook, name, kind, wanted)
-            leave = functools.partial(self._post_hook, name, kind, wanted)
-            if wrap and can_wrap(mod):
+            if wrap and can_wrap(mod):  # the wrapper itself steps aside under torch.compile
+                enter = functools.partial(self._enter, name, kind, wanted)
+                leave = functools.partial(self._leave, name, kind, wanted)
                 self._handles.append(wrap_forward(mod, enter, leave))
                 continue
-            self._handles.append(mod.register_forward_pre_hook(enter, with_kwargs=True))
-            self._handles.append(mod.register_forward_hook(leave, with_kwargs=True, always_call=True))
+            pre = functools.partial(self._pre_hook, name, kind, wanted)
+            post = functools.partial(self._post_hook, name, kind, wanted)
+            self._handles.append(mod.register_forward_pre_hook(pre, with_kwargs=True))
+            self._handles.append(mod.register_forward_hook(post, with_kwargs=True, always_call=True))
 
     def _wants_module(self, name: str, kind: str) -> bool:
         """Whether the inputs and outputs of this module's calls are recorded."""
@@ -623,11 +625,21 @@ class Recorder:
         if self.params:
             self._record_parameters(module)
         name, kind = self._names[module], type(module).__name__
-        self._pre_hook(name, kind, self._wants_module(name, kind), module, args, {})
+        self._enter(name, kind, self._wants_module(name, kind), module, args, {})
         if self._stack and self._stack[-1].name == name:
             self._stack[-1].kwargs_pending = True
 
-    def _pre_hook(
+    # forward hooks (TorchScript modules, modules met by the global hook): _enter / _leave, which
+    # are to stay out of torch.compile's traces
+    def _pre_hook(self, *call: Any) -> None:
+        if not _compiling():
+            self._enter(*call)
+
+    def _post_hook(self, *call: Any) -> None:
+        if not _compiling():
+            self._leave(*call)
+
+    def _enter(
         self,
         name: str,
         kind: str,
@@ -636,7 +648,8 @@ class Recorder:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> None:
-        if not self.enabled or _compiling():
+        """A module call begins (never while torch.compile traces: the callers check)."""
+        if not self.enabled:
             return
         buf = self._buf
         if buf is None:
@@ -657,7 +670,7 @@ class Recorder:
             if kwargs and (native is None or native.capture(kwargs, name, call, _INPUT, kind) < 0):
                 self._capture_python(buf, kwargs, name, call, _INPUT, kind)
 
-    def _post_hook(
+    def _leave(
         self,
         name: str,
         kind: str,
@@ -667,8 +680,9 @@ class Recorder:
         kwargs: dict[str, Any],
         output: Any,
     ) -> None:
+        """A module call ends (output None when it raised)."""
         stack = self._stack
-        if not self.enabled or not stack or stack[-1].name != name or _compiling():
+        if not self.enabled or not stack or stack[-1].name != name:
             return
         frame = stack.pop()
         buf = self._buf

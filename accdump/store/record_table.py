@@ -79,6 +79,26 @@ def string_columns(sc: StepColumns) -> dict[str, np.ndarray]:
     return {**sc.strings, **{col: labels[ids] for col, ids in sc.string_ids.items()}}
 
 
+def _utf8(values: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """UTF-8 bytes of each value and their lengths (str.encode per value: np.char.encode costs
+    ~1 µs a value, once the table's largest cost)."""
+    encoded = [v.encode() for v in values]
+    lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+    return (np.array(encoded, dtype=bytes) if encoded else np.zeros(0, dtype="S1")), lengths
+
+
+def _encoded_columns(sc: StepColumns) -> dict[str, np.ndarray]:
+    """Every string column of `sc` as UTF-8 bytes, each as wide as its longest value; labels are
+    encoded once each."""
+    out = {col: _utf8(sc.strings[col].tolist())[0] for col in sc.strings if col not in sc.string_ids}
+    if sc.string_ids:
+        labels, lengths = _utf8(sc.labels)
+        for col, ids in sc.string_ids.items():
+            width = max(1, int(lengths[ids].max())) if len(ids) else 1
+            out[col] = labels[ids].astype(f"S{width}")
+    return out
+
+
 def build_table(sc: StepColumns, heap_sizes: list[int] | np.ndarray) -> np.ndarray:
     """The record table of one step; `heap_sizes` are the byte sizes of its heap pieces."""
     if sc.table is not None:
@@ -87,18 +107,18 @@ def build_table(sc: StepColumns, heap_sizes: list[int] | np.ndarray) -> np.ndarr
     if n == 0:
         return np.zeros(0, dtype=record_dtype({}, 1))
     ints = sc.ints
-    text = string_columns(sc)
+    strings = _encoded_columns(sc)
     stats = np.zeros((n, len(STATS_FIELDS)))
     hashes = np.zeros(n, dtype="S1")
-    devices = text["device"]
+    devices = strings["device"]
     for dev in np.unique(devices):
         idx = np.flatnonzero(devices == dev)
-        stats[idx] = sc.stats[str(dev)][ints["stats_index"][idx]]
+        name = dev.decode()
+        stats[idx] = sc.stats[name][ints["stats_index"][idx]]
         hashed = idx[ints["hash_index"][idx] >= 0]
         if len(hashed):
             hashes = hashes.astype("S32")
-            hashes[hashed] = hex_digests(sc.hashes[str(dev)][ints["hash_index"][hashed]])
-    strings = {col: np.char.encode(text[col], "utf-8") for col in STRING_COLUMNS}
+            hashes[hashed] = hex_digests(sc.hashes[name][ints["hash_index"][hashed]])
     strings["hash"] = hashes
     dims = max(1, int(sc.ndims.max()))
     rows = np.zeros(n, dtype=record_dtype({col: v.dtype.itemsize for col, v in strings.items()}, dims))
