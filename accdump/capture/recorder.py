@@ -582,9 +582,15 @@ class Recorder:
 
     def _install(self, root: nn.Module, prefix: str, wrap: bool = True) -> None:
         """Names every module under `root` and intercepts its calls: by wrapping its forward
-        (module_calls: no slow path in nn.Module.__call__) or, with `wrap` False or for a
-        TorchScript module, with forward hooks."""
-        for sub_name, mod in root.named_modules():
+        (module_calls: no slow path in nn.Module.__call__) or with forward hooks: with `wrap`
+        False, for `root` itself (torch.compile of the root still enters and leaves it, so steps
+        end), where can_wrap() says no, and everywhere when global forward hooks exist or under
+        nn.DataParallel (its replicas copy each module's attributes, a wrapper included)."""
+        modules = list(root.named_modules())
+        wrap = wrap and not any(isinstance(m, nn.DataParallel) for _, m in modules)
+        hooked = nn.modules.module  # global hooks: every call takes the slow path anyway
+        wrap = wrap and not (hooked._global_forward_hooks or hooked._global_forward_pre_hooks)
+        for sub_name, mod in modules:
             if mod in self._names:
                 continue
             name = f"{prefix}.{sub_name}" if prefix and sub_name else (sub_name or prefix)
@@ -592,7 +598,7 @@ class Recorder:
             # what a call of this module needs is decided once, here, not per call
             kind = type(mod).__name__
             wanted = self._wants_module(name, kind)
-            if wrap and can_wrap(mod):  # the wrapper itself steps aside under torch.compile
+            if wrap and mod is not root and can_wrap(mod):  # the wrapper steps aside under torch.compile
                 enter = functools.partial(self._enter, name, kind, wanted)
                 leave = functools.partial(self._leave, name, kind, wanted)
                 self._handles.append(wrap_forward(mod, enter, leave))

@@ -133,9 +133,58 @@ def test_remove_leaves_a_wrapper_someone_added_after_ours():
 
     m.forward = later
     handle.remove()
-    assert m.forward is later  # theirs stays; it still calls ours
-    m(torch.randn(1, 8))
-    assert len(log) == 2
+    assert m.forward is later  # theirs stays; ours, still inside it, only passes calls on
+    torch.testing.assert_close(m(torch.ones(1, 8)), Scaled.forward(m, torch.ones(1, 8)))
+    assert log == []
+
+
+def test_a_failing_enter_still_leaves_and_raises():
+    m, left = Scaled(), []
+
+    def enter(module, args, kwargs):
+        raise MemoryError("pinned copy")
+
+    wrap_forward(m, enter, lambda module, args, kwargs, out: left.append(out))
+    with pytest.raises(MemoryError, match="pinned copy"):
+        m(torch.ones(1, 8))
+    assert left == [None]
+
+
+def test_a_failing_leave_does_not_replace_the_users_error():
+    m = Fails()
+
+    def leave(module, args, kwargs, output):
+        raise RuntimeError("writer gone")
+
+    wrap_forward(m, lambda *a: None, leave)
+    with pytest.warns(UserWarning, match="writer gone"), pytest.raises(ValueError, match="broken layer"):
+        m(torch.ones(2))
+
+
+def test_a_deep_copy_of_an_instance_forward_gets_its_own_forward_back():
+    torch.manual_seed(0)
+    m = Scaled()
+    m.forward = functools.partial(Scaled.forward, m)  # bound to the module, as accelerate binds it
+    log: list = []
+    wrap_forward(m, *tracing(log))
+    twin = copy.deepcopy(m)
+    with torch.no_grad():
+        twin.lin.weight.add_(1.0)
+    x = torch.randn(2, 8)
+    torch.testing.assert_close(twin(x), twin.lin(x))
+    assert not torch.equal(twin(x), m(x))
+    assert isinstance(twin.forward, functools.partial) and twin.forward.args[0] is twin
+
+
+def test_forwards_that_are_not_plain_functions_or_have_user_hooks_are_not_wrapped():
+    class Static(nn.Module):
+        @staticmethod
+        def forward(x):
+            return x
+
+    hooked = Scaled()
+    hooked.register_forward_hook(lambda mod, args, out: out * 2)
+    assert not can_wrap(Static()) and not can_wrap(hooked) and can_wrap(Scaled())
 
 
 def test_torchscript_modules_are_not_wrapped():
@@ -150,8 +199,22 @@ def test_compiling_a_recorded_model_traces_no_recorder_code(tmp_path):
     with torch.no_grad(), accdump.record(m, tmp_path / "d"):
         eager = m(x)
         explained = torch._dynamo.explain(m)(x)
-        compiled = torch.compile(m, backend="aot_eager", fullgraph=True)(x)
+        compiled_model = torch.compile(m, backend="aot_eager", fullgraph=True)
+        compiled = compiled_model(x)
+        compiled_model(x)
     assert explained.graph_break_count == 0 and explained.graph_count == 1
     torch.testing.assert_close(compiled, eager)
-    names = {r.name for r in accdump.load(tmp_path / "d").records(step=0)}
+    dump = accdump.load(tmp_path / "d")
+    names = {r.name for r in dump.records(step=0)}
     assert {"", "0", "0.lin", "1", "2"} <= names
+
+
+def test_recording_wraps_submodules_and_hooks_the_root_and_data_parallel(tmp_path):
+    m = nn.Sequential(Scaled(), nn.ReLU())
+    with accdump.record(m, tmp_path / "a"):
+        assert "forward" not in m.__dict__ and m._forward_hooks
+        assert "forward" in m[0].__dict__ and not m[0]._forward_hooks
+    assert "forward" not in m[0].__dict__ and not m._forward_hooks
+    dp = nn.DataParallel(nn.Sequential(Scaled(), nn.ReLU()))
+    with accdump.record(dp, tmp_path / "b"):
+        assert all("forward" not in mod.__dict__ for mod in dp.modules())
