@@ -176,11 +176,15 @@ inline int64_t stats_workspace_bytes() {
 }
 
 // Blocks to give a tensor of `values` values on CUDA (fixed by size alone, so results do not
-// depend on the device model).
+// depend on the device model): 16 values a thread up to 512 blocks (about one wave of 256-thread
+// blocks on an H100), then more values a thread. Fewer, fuller blocks: each block's merge and
+// the last block's merge of all partials are fixed costs that dominated tensors of a few MB.
 inline int64_t stats_blocks_for(int64_t values) {
-  constexpr int64_t kValuesPerBlock = 256 * 32;
+  constexpr int64_t kValuesPerBlock = 256 * 16;
+  constexpr int64_t kMaxBlocksPerTensor = 512;
+  static_assert(kMaxBlocksPerTensor <= kStatsMaxBlocks, "a tensor's partials fit the workspace");
   int64_t b = (values + kValuesPerBlock - 1) / kValuesPerBlock;
-  return b < 1 ? 1 : (b > kStatsMaxBlocks ? kStatsMaxBlocks : b);
+  return b < 1 ? 1 : (b > kMaxBlocksPerTensor ? kMaxBlocksPerTensor : b);
 }
 
 }  // namespace accdump

@@ -35,7 +35,8 @@ __device__ __forceinline__ float load_f32(const char* p) {
 // Running float32 extrema of finite values, folded into the float64 accumulator at the end.
 struct FloatExtrema {
   float min = INFINITY, max = -INFINITY, absmax = 0.0f, minabs = INFINITY;
-  int64_t finite = 0, zeros = 0;
+  int64_t finite = 0;
+  unsigned zeros = 0;  // per thread: far below 2^32
   __device__ void fold_into(StatsAcc& acc) const {
     acc.min = fmin(acc.min, static_cast<double>(min));
     acc.max = fmax(acc.max, static_cast<double>(max));
@@ -109,19 +110,24 @@ __device__ void accumulate(const TensorDesc& d, int64_t part, int64_t parts, Sta
   const int64_t stride = parts * blockDim.x;
   int64_t scalar_begin = 0;
   if (d.ndim == 0 && es < 16 && (reinterpret_cast<uintptr_t>(d.data) % 16) == 0) {
-    // 16-byte loads, two in flight per iteration.
     constexpr int64_t per_vec = 16 / es;
     const uint4* v = static_cast<const uint4*>(d.data);
     const int64_t nvec = d.numel / per_vec;
     FloatExtrema ex;
+    // Four loads in flight per thread: a tensor of a few MB gives each block's threads only a
+    // few vectors, whose latency two at a time left unhidden.
     int64_t i = tid;
-    for (; i + stride < nvec; i += 2 * stride) {
+    for (; i + 3 * stride < nvec; i += 4 * stride) {
       const uint4 x0 = v[i];
       const uint4 x1 = v[i + stride];
+      const uint4 x2 = v[i + 2 * stride];
+      const uint4 x3 = v[i + 3 * stride];
       add_vector<T>(x0, shift, acc, ex);
       add_vector<T>(x1, shift, acc, ex);
+      add_vector<T>(x2, shift, acc, ex);
+      add_vector<T>(x3, shift, acc, ex);
     }
-    if (i < nvec) add_vector<T>(v[i], shift, acc, ex);
+    for (; i < nvec; i += stride) add_vector<T>(v[i], shift, acc, ex);
     ex.fold_into(acc);
     scalar_begin = nvec * per_vec;
   }
@@ -177,22 +183,28 @@ __device__ StatsAcc load_partial(const StatsAcc* p) {
   return out;
 }
 
+template <DType T>
 __device__ void finalize_tensor(const TensorDesc& d, const StatsAcc& acc, double* out) {
-  double first = 0.0;
-  ACCDUMP_DISPATCH_DTYPE(d.dtype, first = first_value<DT>(d));
-  stats_finalize(acc, d.numel * values_per_element(d.dtype), stats_shift(first), out);
+  stats_finalize(acc, d.numel * values_per_element(T), stats_shift(first_value<T>(d)), out);
 }
 
-__global__ void __launch_bounds__(kThreads) stats_into_kernel(const TensorDesc d, unsigned* counter,
+__device__ void finalize_tensor(const TensorDesc& d, const StatsAcc& acc, double* out) {
+  ACCDUMP_DISPATCH_DTYPE(d.dtype, finalize_tensor<DT>(d, acc, out));
+}
+
+// One kernel per dtype (the launch picks it): a kernel switching over every dtype gets the
+// registers of its largest path, which cost the common float ones a block per SM.
+template <DType T>
+__global__ void __launch_bounds__(kThreads, 4) stats_into_kernel(const TensorDesc d, unsigned* counter,
                                                               StatsAcc* partials, double* out) {
   __shared__ StatsAcc smem[32];
   __shared__ bool is_last;
   StatsAcc acc;
   acc.init();
-  ACCDUMP_DISPATCH_DTYPE(d.dtype, accumulate<DT>(d, blockIdx.x, gridDim.x, acc));
+  accumulate<T>(d, blockIdx.x, gridDim.x, acc);
   block_merge(acc, smem);
   if (gridDim.x == 1) {
-    if (threadIdx.x == 0) finalize_tensor(d, acc, out);
+    if (threadIdx.x == 0) finalize_tensor<T>(d, acc, out);
     return;
   }
   if (threadIdx.x == 0) {
@@ -208,7 +220,7 @@ __global__ void __launch_bounds__(kThreads) stats_into_kernel(const TensorDesc d
   for (unsigned b = threadIdx.x; b < gridDim.x; b += blockDim.x) total.merge(load_partial(partials + b));
   block_merge(total, smem);
   if (threadIdx.x == 0) {
-    finalize_tensor(d, total, out);
+    finalize_tensor<T>(d, total, out);
     *counter = 0;  // ready for the next launch on this stream
   }
 }
@@ -219,7 +231,8 @@ void launch_tensor_stats_into_cuda(const TensorDesc& d, void* workspace, double*
   const int64_t blocks = stats_blocks_for(d.numel * values_per_element(d.dtype));
   auto* counter = static_cast<unsigned*>(workspace);
   auto* partials = reinterpret_cast<StatsAcc*>(static_cast<char*>(workspace) + kStatsWorkspaceHeader);
-  stats_into_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(d, counter, partials, out);
+  ACCDUMP_DISPATCH_DTYPE(
+      d.dtype, stats_into_kernel<DT><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(d, counter, partials, out));
   ACCDUMP_LAUNCH_CHECK();
 }
 

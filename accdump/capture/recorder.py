@@ -37,7 +37,7 @@ from accdump.capture.cuda_graphs import (
 )
 from accdump.capture.filters import FILTER_KEYS, Filters
 from accdump.capture.flatten import find_tensors
-from accdump.capture.module_calls import can_wrap, wrap_forward
+from accdump.capture.module_calls import Enter, Leave, can_wrap, wrap_forward
 from accdump.capture.rank import rank_and_world
 from accdump.capture.step_buffer import (
     NATIVE_DTYPES,
@@ -132,7 +132,7 @@ class _Frame:
     def __init__(self, name: str, call: int):
         self.name = name
         self.call = call
-        self.op_counts: dict[str, int] = {}
+        self.op_counts: dict[str, int] | None = None  # made by the first op (level op or all)
         self.kwargs_pending = False  # entered by the global hook, which sees no keyword inputs
 
 
@@ -502,7 +502,8 @@ class Recorder:
             devices.update(torch.device(d) for d in device_names)
         for d in devices:
             if d.type == "cuda":
-                ev = torch.cuda.Event()
+                # the writer thread sleeps on it: a spinning wait there slowed the launches here
+                ev = torch.cuda.Event(blocking=True)
                 ev.record(torch.cuda.current_stream(d))
                 events.append(ev)
         payload = StepPayload(buf.step, buf.captures, stats_host, hashes_host, events, native=native)
@@ -599,14 +600,54 @@ class Recorder:
             kind = type(mod).__name__
             wanted = self._wants_module(name, kind)
             if wrap and mod is not root and can_wrap(mod):  # the wrapper steps aside under torch.compile
-                enter = functools.partial(self._enter, name, kind, wanted)
-                leave = functools.partial(self._leave, name, kind, wanted)
-                self._handles.append(wrap_forward(mod, enter, leave))
+                self._handles.append(wrap_forward(mod, *self._call_functions(name, kind, wanted)))
                 continue
             pre = functools.partial(self._pre_hook, name, kind, wanted)
             post = functools.partial(self._post_hook, name, kind, wanted)
             self._handles.append(mod.register_forward_pre_hook(pre, with_kwargs=True))
             self._handles.append(mod.register_forward_hook(post, with_kwargs=True, always_call=True))
+
+    def _call_functions(self, name: str, kind: str, wanted: bool) -> tuple[Enter, Leave]:
+        """enter / leave for a wrapped module's calls: the common call (a module inside the
+        root, in an open step) is handled inline; the rest goes to _enter / _leave. Everything
+        they read that is fixed for the recording is bound here, once per module."""
+        rec, stack = self, self._stack
+        inputs, outputs = wanted and self._want_inputs, wanted and self._want_outputs
+        slow_enter = functools.partial(self._enter, name, kind, wanted)
+        slow_leave = functools.partial(self._leave, name, kind, wanted)
+
+        def enter(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            buf = rec._buf
+            if buf is None or not stack or not rec.enabled:
+                return slow_enter(module, args, kwargs)
+            call = buf.calls.get(name, 0)  # the call index is taken when leaving
+            stack.append(_Frame(name, call))
+            if inputs:
+                native = buf.native
+                if args and (native is None or native.capture(args, name, call, _INPUT, kind) < 0):
+                    rec._capture_python(buf, args, name, call, _INPUT, kind)
+                if kwargs and (native is None or native.capture(kwargs, name, call, _INPUT, kind) < 0):
+                    rec._capture_python(buf, kwargs, name, call, _INPUT, kind)
+            return None
+
+        def leave(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+            buf = rec._buf
+            if buf is None or len(stack) < 2 or not rec.enabled:
+                return slow_leave(module, args, kwargs, output)
+            frame = stack[-1]
+            if frame.name != name or frame.kwargs_pending:
+                return slow_leave(module, args, kwargs, output)
+            stack.pop()
+            calls = buf.calls
+            call = calls.get(name, 0)
+            calls[name] = call + 1
+            if outputs:
+                native = buf.native
+                if native is None or native.capture(output, name, call, _OUTPUT, kind) < 0:
+                    rec._capture_python(buf, output, name, call, _OUTPUT, kind)
+            return None
+
+        return enter, leave
 
     def _wants_module(self, name: str, kind: str) -> bool:
         """Whether the inputs and outputs of this module's calls are recorded."""
@@ -764,7 +805,12 @@ class Recorder:
         """('module.path/op.index', the module's call index) for the op now running; ops are
         counted per enclosing module call."""
         frame = self._stack[-1] if self._stack else None
-        counts = frame.op_counts if frame else self._root_op_counts()
+        if frame is None:
+            counts = self._root_op_counts()
+        elif frame.op_counts is None:
+            counts = frame.op_counts = {}
+        else:
+            counts = frame.op_counts
         idx = counts.get(op, 0)
         counts[op] = idx + 1
         return f"{frame.name if frame else ''}/{op}.{idx}", frame.call if frame else 0
