@@ -234,7 +234,7 @@ def replay_payload(step: int, probes: GraphProbes) -> StepPayload:
         tensors.append(host)
     events = []
     for d in {*g.stats, *g.hashes}:
-        ev = torch.cuda.Event(blocking=True)  # the writer thread sleeps on it (recorder._submit)
+        ev = torch.cuda.Event()
         ev.record(torch.cuda.current_stream(d))
         events.append(ev)
     return StepPayload(step, [], stats, hashes, events, replay=(probes.template, tensors))

@@ -502,8 +502,7 @@ class Recorder:
             devices.update(torch.device(d) for d in device_names)
         for d in devices:
             if d.type == "cuda":
-                # the writer thread sleeps on it: a spinning wait there slowed the launches here
-                ev = torch.cuda.Event(blocking=True)
+                ev = torch.cuda.Event()
                 ev.record(torch.cuda.current_stream(d))
                 events.append(ev)
         payload = StepPayload(buf.step, buf.captures, stats_host, hashes_host, events, native=native)

@@ -218,3 +218,64 @@ def test_recording_wraps_submodules_and_hooks_the_root_and_data_parallel(tmp_pat
     dp = nn.DataParallel(nn.Sequential(Scaled(), nn.ReLU()))
     with accdump.record(dp, tmp_path / "b"):
         assert all("forward" not in mod.__dict__ for mod in dp.modules())
+
+
+class Block(nn.Module):
+    """A module called twice per forward, with keyword, nested and None outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = Scaled()
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor, *, bias: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        y = self.act(self.inner(x, 0.5, bias=bias))
+        return y, {"pair": (y * 2, None), "first": x[:, :4]}
+
+
+class Twice(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = Block()
+        self.head = nn.Linear(4, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = torch.ones(4)
+        y, extra = self.block(x, bias=bias)
+        y2, _ = self.block(self.head(y) + extra["first"].sum(), bias=bias)
+        return y2
+
+
+def _records(path: Any) -> list[tuple]:
+    return [
+        (r.step, r.name, r.call, int(r.role), r.arg, r.kind, r.dtype, r.shape, r.strides, r.stats)
+        for r in sorted(accdump.load(path).records(), key=lambda r: (r.step, r.order))
+    ]
+
+
+@pytest.mark.parametrize("level", ["module", "all"])
+def test_wrapped_calls_record_what_hooks_record(tmp_path, level):
+    torch.manual_seed(0)
+    m = Twice()
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        with accdump.record(m, tmp_path / "wrapped", level=level):
+            assert "forward" in m.block.__dict__  # the inline enter / leave path
+            for _ in range(2):
+                m(x)
+        # a global forward hook sends every module through hooks (the _enter / _leave path)
+        handle = nn.modules.module.register_module_forward_hook(lambda mod, args, out: None)
+        try:
+            with accdump.record(m, tmp_path / "hooked", level=level):
+                assert "forward" not in m.block.__dict__
+                for _ in range(2):
+                    m(x)
+        finally:
+            handle.remove()
+    wrapped, hooked = _records(tmp_path / "wrapped"), _records(tmp_path / "hooked")
+    assert wrapped == hooked
+    names = {(r[1], r[2]) for r in wrapped}
+    assert {("block", 0), ("block", 1), ("block.inner.lin", 1), ("block.act", 0)} <= names
+    assert {r[0] for r in wrapped} == {0, 1}
+    if level == "all":
+        assert any("/" in r[1] for r in wrapped)  # ops named inside their module
