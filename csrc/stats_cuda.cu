@@ -102,10 +102,9 @@ __device__ double first_value(const TensorDesc& d) {
 }
 
 template <DType T>
-__device__ void accumulate(const TensorDesc& d, int64_t part, int64_t parts, StatsAcc& acc) {
+__device__ void accumulate(const TensorDesc& d, int64_t part, int64_t parts, double shift, StatsAcc& acc) {
   constexpr int64_t es = element_size(T);
   constexpr int vpe = values_per_element(T);
-  const double shift = stats_shift(first_value<T>(d));
   const int64_t tid = part * blockDim.x + threadIdx.x;
   const int64_t stride = parts * blockDim.x;
   int64_t scalar_begin = 0;
@@ -149,7 +148,7 @@ __global__ void __launch_bounds__(kThreads) stats_partial_kernel(const TensorDes
   const int64_t parts = block_begin[t + 1] - block_begin[t];
   StatsAcc acc;
   acc.init();
-  ACCDUMP_DISPATCH_DTYPE(d.dtype, accumulate<DT>(d, part, parts, acc));
+  ACCDUMP_DISPATCH_DTYPE(d.dtype, accumulate<DT>(d, part, parts, stats_shift(first_value<DT>(d)), acc));
   block_merge(acc, smem);
   if (threadIdx.x == 0) workspace[block] = acc;
 }
@@ -175,21 +174,18 @@ __global__ void __launch_bounds__(kThreads) stats_final_kernel(const TensorDesc*
 
 // Reads a partial written by another block of this grid (bypassing L1, after its fence).
 __device__ StatsAcc load_partial(const StatsAcc* p) {
+  static_assert(sizeof(StatsAcc) % 16 == 0 && kStatsWorkspaceHeader % 16 == 0, "partials are 16-byte aligned");
   StatsAcc out;
-  const auto* src = reinterpret_cast<const unsigned long long*>(p);
-  auto* dst = reinterpret_cast<unsigned long long*>(&out);
+  const auto* src = reinterpret_cast<const uint4*>(p);
+  auto* dst = reinterpret_cast<uint4*>(&out);
 #pragma unroll
-  for (int i = 0; i < static_cast<int>(sizeof(StatsAcc) / 8); ++i) dst[i] = __ldcg(src + i);
+  for (int i = 0; i < static_cast<int>(sizeof(StatsAcc) / 16); ++i) dst[i] = __ldcg(src + i);
   return out;
 }
 
 template <DType T>
-__device__ void finalize_tensor(const TensorDesc& d, const StatsAcc& acc, double* out) {
-  stats_finalize(acc, d.numel * values_per_element(T), stats_shift(first_value<T>(d)), out);
-}
-
-__device__ void finalize_tensor(const TensorDesc& d, const StatsAcc& acc, double* out) {
-  ACCDUMP_DISPATCH_DTYPE(d.dtype, finalize_tensor<DT>(d, acc, out));
+__device__ void finalize_tensor(const TensorDesc& d, const StatsAcc& acc, double shift, double* out) {
+  stats_finalize(acc, d.numel * values_per_element(T), shift, out);
 }
 
 // One kernel per dtype (the launch picks it): a kernel switching over every dtype gets the
@@ -199,12 +195,14 @@ __global__ void __launch_bounds__(kThreads, 4) stats_into_kernel(const TensorDes
                                                               StatsAcc* partials, double* out) {
   __shared__ StatsAcc smem[32];
   __shared__ bool is_last;
+  // the shift is read once, here, and kept for the merge (one dependent load less at the end)
+  const double shift = stats_shift(first_value<T>(d));
   StatsAcc acc;
   acc.init();
-  accumulate<T>(d, blockIdx.x, gridDim.x, acc);
+  accumulate<T>(d, blockIdx.x, gridDim.x, shift, acc);
   block_merge(acc, smem);
   if (gridDim.x == 1) {
-    if (threadIdx.x == 0) finalize_tensor<T>(d, acc, out);
+    if (threadIdx.x == 0) finalize_tensor<T>(d, acc, shift, out);
     return;
   }
   if (threadIdx.x == 0) {
@@ -220,7 +218,7 @@ __global__ void __launch_bounds__(kThreads, 4) stats_into_kernel(const TensorDes
   for (unsigned b = threadIdx.x; b < gridDim.x; b += blockDim.x) total.merge(load_partial(partials + b));
   block_merge(total, smem);
   if (threadIdx.x == 0) {
-    finalize_tensor<T>(d, total, out);
+    finalize_tensor<T>(d, total, shift, out);
     *counter = 0;  // ready for the next launch on this stream
   }
 }
@@ -274,12 +272,14 @@ __global__ void __launch_bounds__(kThreads) stats_multi_into_kernel(const __grid
   const int32_t part = static_cast<int32_t>(blockIdx.x) - p.begin[t];
   const int32_t parts = p.begin[t + 1] - p.begin[t];
   double* o = out + static_cast<int64_t>(p.row[t]) * kStatsFields;
+  const int64_t values = d.numel * values_per_element(d.dtype);
+  double shift = 0.0;
   StatsAcc acc;
   acc.init();
-  ACCDUMP_DISPATCH_DTYPE(d.dtype, accumulate<DT>(d, part, parts, acc));
+  ACCDUMP_DISPATCH_DTYPE(d.dtype, shift = stats_shift(first_value<DT>(d)); accumulate<DT>(d, part, parts, shift, acc));
   block_merge(acc, smem);
   if (parts == 1) {
-    if (threadIdx.x == 0) finalize_tensor(d, acc, o);
+    if (threadIdx.x == 0) stats_finalize(acc, values, shift, o);
     return;
   }
   if (threadIdx.x == 0) {
@@ -295,7 +295,7 @@ __global__ void __launch_bounds__(kThreads) stats_multi_into_kernel(const __grid
   for (int32_t b = threadIdx.x; b < parts; b += blockDim.x) total.merge(load_partial(partials + p.begin[t] + b));
   block_merge(total, smem);
   if (threadIdx.x == 0) {
-    finalize_tensor(d, total, o);
+    stats_finalize(total, values, shift, o);
     counters[t] = 0;  // ready for the next launch on this stream
   }
 }
