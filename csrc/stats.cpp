@@ -43,6 +43,9 @@ TensorDesc check_stats_into(const at::Tensor& x, const at::Tensor& out, int64_t 
                                 workspace->is_contiguous() && workspace->numel() >= stats_workspace_bytes()),
               op, "workspace must be a contiguous uint8 tensor of at least ", std::to_string(stats_workspace_bytes()),
               " bytes on x's device");
+  // the kernels read the partials in the workspace with 16-byte loads
+  TORCH_CHECK(!workspace || reinterpret_cast<uintptr_t>(workspace->const_data_ptr()) % 16 == 0, op,
+              "workspace must start on a 16-byte boundary (stats_workspace() gives one; a slice of it may not)");
   const DType dt = checked_dtype(x, "tensor_stats_into", "x", false);
   auto d = describe(x, dt, /*any_order=*/true);
   if (!d) {

@@ -1,8 +1,11 @@
 // CUDA kernels of tensor_stats / tensor_stats_multi: one launch reads every tensor of the list
 // (each block works on one tensor), a second merges each tensor's block partials in fixed order.
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
+
+#include <type_traits>
 
 #include "common/block_reduce.cuh"
 #include "common/cuda_check.h"
@@ -47,6 +50,98 @@ struct FloatExtrema {
   }
 };
 
+// bf16 and fp16: the extrema, the zero count and the finite test on pairs of values (one packed
+// instruction for two values), kept as pairs until the end. The statistics kernel is bound by
+// instructions issued, not by memory, with these done one value at a time in float.
+template <DType T>
+constexpr bool kPacked16 = T == DType::kBFloat16 || T == DType::kFloat16;
+
+template <DType T>
+struct PackedExtrema {
+  using Pair = std::conditional_t<T == DType::kBFloat16, __nv_bfloat162, __half2>;
+  static constexpr unsigned kInf = T == DType::kBFloat16 ? 0x7F807F80u : 0x7C007C00u;  // +inf, both halves
+  static constexpr unsigned kExpOne = T == DType::kBFloat16 ? 0x00800080u : 0x04000400u;  // lowest exponent bit
+
+  static __device__ __forceinline__ Pair pair(unsigned bits) {
+    Pair p;
+    memcpy(&p, &bits, sizeof(p));
+    return p;
+  }
+
+  Pair min = pair(kInf), max = pair(kInf | 0x80008000u), absmax = pair(0u), minabs = pair(kInf);
+  int64_t finite = 0;
+  unsigned zero_bits = 0;  // 16 per zero (popc of __heq2_mask); per thread far below 2^32
+
+  // Whether any of the four pairs holds an Inf or NaN: an all-ones exponent plus its lowest bit
+  // carries into the half's sign bit, and no further.
+  static __device__ __forceinline__ bool any_nonfinite(const uint4& raw) {
+    const unsigned e = kInf;
+    const unsigned c = ((raw.x & e) + kExpOne) | ((raw.y & e) + kExpOne) | ((raw.z & e) + kExpOne) |
+                       ((raw.w & e) + kExpOne);
+    return (c & 0x80008000u) != 0;
+  }
+
+  __device__ __forceinline__ void add(unsigned bits) {
+    const Pair v = pair(bits);
+    const unsigned abs_bits = bits & 0x7FFF7FFFu;
+    const Pair a = pair(abs_bits);
+    const unsigned zero = __heq2_mask(a, pair(0u));
+    zero_bits += __popc(zero);
+    min = __hmin2(min, v);
+    max = __hmax2(max, v);
+    absmax = __hmax2(absmax, a);
+    minabs = __hmin2(minabs, pair(abs_bits | (zero & kInf)));  // zeros count as +inf here
+  }
+
+  __device__ void fold_into(StatsAcc& acc) const {
+    const float2 mn = to_float2(min), mx = to_float2(max), am = to_float2(absmax), ma = to_float2(minabs);
+    acc.min = fmin(acc.min, static_cast<double>(fminf(mn.x, mn.y)));
+    acc.max = fmax(acc.max, static_cast<double>(fmaxf(mx.x, mx.y)));
+    acc.absmax = fmax(acc.absmax, static_cast<double>(fmaxf(am.x, am.y)));
+    acc.minabs = fmin(acc.minabs, static_cast<double>(fminf(ma.x, ma.y)));
+    acc.finite += finite;
+    acc.zeros += zero_bits / 16;
+  }
+
+  static __device__ __forceinline__ float2 to_float2(const Pair& p) {
+    if constexpr (T == DType::kBFloat16) {
+      return __bfloat1622float2(p);
+    } else {
+      return __half22float2(p);
+    }
+  }
+};
+
+template <DType T>
+using Extrema = std::conditional_t<kPacked16<T>, PackedExtrema<T>, FloatExtrema>;
+
+// The three float64 sums of finite values (the same operations, in the same order, for every type).
+__device__ __forceinline__ void add_sums(float v, double shift, StatsAcc& acc) {
+  const double x = v;
+  acc.sum += x;
+  acc.sumsq = fma(x, x, acc.sumsq);
+  const double d = x - shift;
+  acc.s2 = fma(d, d, acc.s2);
+}
+
+template <DType T>
+__device__ __forceinline__ void add_vector_packed(const uint4& raw, double shift, StatsAcc& acc,
+                                                  PackedExtrema<T>& ex) {
+  const char* p = reinterpret_cast<const char*>(&raw);
+  if (PackedExtrema<T>::any_nonfinite(raw)) {
+#pragma unroll
+    for (int k = 0; k < 8; ++k) acc.add(static_cast<double>(load_f32<T>(p + 2 * k)), shift);
+    return;
+  }
+#pragma unroll
+  for (int k = 0; k < 8; ++k) add_sums(load_f32<T>(p + 2 * k), shift, acc);
+  ex.add(raw.x);
+  ex.add(raw.y);
+  ex.add(raw.z);
+  ex.add(raw.w);
+  ex.finite += 8;
+}
+
 template <DType T>
 __device__ __forceinline__ void add_vector_fast(const uint4& raw, double shift, StatsAcc& acc, FloatExtrema& ex) {
   constexpr int es = static_cast<int>(element_size(T));
@@ -66,11 +161,7 @@ __device__ __forceinline__ void add_vector_fast(const uint4& raw, double shift, 
   }
 #pragma unroll
   for (int k = 0; k < n; ++k) {
-    const double x = v[k];
-    acc.sum += x;
-    acc.sumsq = fma(x, x, acc.sumsq);
-    const double d = x - shift;
-    acc.s2 = fma(d, d, acc.s2);
+    add_sums(v[k], shift, acc);
     const float a = fabsf(v[k]);
     ex.min = fminf(ex.min, v[k]);
     ex.max = fmaxf(ex.max, v[k]);
@@ -82,8 +173,10 @@ __device__ __forceinline__ void add_vector_fast(const uint4& raw, double shift, 
 }
 
 template <DType T>
-__device__ __forceinline__ void add_vector(const uint4& raw, double shift, StatsAcc& acc, FloatExtrema& ex) {
-  if constexpr (kFastFloat<T>) {
+__device__ __forceinline__ void add_vector(const uint4& raw, double shift, StatsAcc& acc, Extrema<T>& ex) {
+  if constexpr (kPacked16<T>) {
+    add_vector_packed<T>(raw, shift, acc, ex);
+  } else if constexpr (kFastFloat<T>) {
     add_vector_fast<T>(raw, shift, acc, ex);
   } else {
     constexpr int es = static_cast<int>(element_size(T));
@@ -112,7 +205,7 @@ __device__ void accumulate(const TensorDesc& d, int64_t part, int64_t parts, dou
     constexpr int64_t per_vec = 16 / es;
     const uint4* v = static_cast<const uint4*>(d.data);
     const int64_t nvec = d.numel / per_vec;
-    FloatExtrema ex;
+    Extrema<T> ex;
     // Four loads in flight per thread: a tensor of a few MB gives each block's threads only a
     // few vectors, whose latency two at a time left unhidden.
     int64_t i = tid;
@@ -125,6 +218,13 @@ __device__ void accumulate(const TensorDesc& d, int64_t part, int64_t parts, dou
       add_vector<T>(x1, shift, acc, ex);
       add_vector<T>(x2, shift, acc, ex);
       add_vector<T>(x3, shift, acc, ex);
+    }
+    if (i + stride < nvec) {  // two left (a thread of a tensor below the block cap has two bf16 vectors)
+      const uint4 x0 = v[i];
+      const uint4 x1 = v[i + stride];
+      add_vector<T>(x0, shift, acc, ex);
+      add_vector<T>(x1, shift, acc, ex);
+      i += 2 * stride;
     }
     for (; i < nvec; i += stride) add_vector<T>(v[i], shift, acc, ex);
     ex.fold_into(acc);
@@ -153,18 +253,24 @@ __global__ void __launch_bounds__(kThreads) stats_partial_kernel(const TensorDes
   if (threadIdx.x == 0) workspace[block] = acc;
 }
 
-// One warp per tensor: merges its block partials in order and writes the statistics.
+// One block per tensor: merges its block partials in the order stats_into_kernel's last block
+// does (thread i takes partials i, i + 256, ..., then block_merge), so tensor_stats gives the
+// bits tensor_stats_into gives.
 __global__ void __launch_bounds__(kThreads) stats_final_kernel(const TensorDesc* descs,
                                                                const int64_t* block_begin, int64_t n,
                                                                const StatsAcc* workspace, double* out) {
-  const int64_t t = static_cast<int64_t>(blockIdx.x) * (kThreads / 32) + threadIdx.x / 32;
-  if (t >= n) return;  // whole warps leave together
-  const int lane = threadIdx.x % 32;
+  __shared__ StatsAcc smem[32];
+  const int64_t t = blockIdx.x;
+  const int64_t parts = block_begin[t + 1] - block_begin[t];
   StatsAcc acc;
   acc.init();
-  for (int64_t b = block_begin[t] + lane; b < block_begin[t + 1]; b += 32) acc.merge(workspace[b]);
-  warp_merge(acc);
-  if (lane == 0) {
+  if (parts == 1) {
+    acc = workspace[block_begin[t]];  // stats_into_kernel finalizes a single block's own merge
+  } else {
+    for (int64_t b = threadIdx.x; b < parts; b += blockDim.x) acc.merge(workspace[block_begin[t] + b]);
+    block_merge(acc, smem);
+  }
+  if (threadIdx.x == 0) {
     const TensorDesc d = descs[t];
     double first = 0.0;
     ACCDUMP_DISPATCH_DTYPE(d.dtype, first = first_value<DT>(d));
@@ -241,9 +347,7 @@ void launch_tensor_stats_cuda(const TensorDesc* descs, const int64_t* block_begi
   stats_partial_kernel<<<static_cast<unsigned>(total_blocks), kThreads, 0, stream>>>(descs, block_begin,
                                                                                      block_tensor, workspace);
   ACCDUMP_LAUNCH_CHECK();
-  const int64_t warps_per_block = kThreads / 32;
-  stats_final_kernel<<<static_cast<unsigned>((n + warps_per_block - 1) / warps_per_block), kThreads, 0, stream>>>(
-      descs, block_begin, n, workspace, out);
+  stats_final_kernel<<<static_cast<unsigned>(n), kThreads, 0, stream>>>(descs, block_begin, n, workspace, out);
   ACCDUMP_LAUNCH_CHECK();
 }
 

@@ -230,6 +230,28 @@ def test_stats_into_matches(dtype, numel, device, backend, gen):
     assert torch.equal(again, out)  # bit-identical on repeat
 
 
+@pytest.mark.parametrize(
+    "dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float8_e4m3fn], ids=str
+)
+@pytest.mark.parametrize("numel", [131_073, 1_048_583, 2_500_011])  # > 32, > 256 blocks, over the 512 cap
+def test_every_stats_path_gives_the_same_bits(dtype, numel, device, gen):
+    """tensor_stats, tensor_stats_into and tensor_stats_multi_into on many-block tensors: the same
+    partition, accumulation and merge order, so bit-identical; and all three near the oracle."""
+    if not ops.native_available(device):
+        pytest.skip(ops.backend_reason())
+    x = random_tensor(dtype, (numel,), gen).to(device)
+    x[numel // 3] = math.nan  # one vector off the fast path
+    ws = ops.stats_workspace(device)
+    into = torch.zeros(3, len(ops.STATS_FIELDS), dtype=torch.float64, device=device)
+    ops.tensor_stats_into(x, into, 0, ws)
+    ops.tensor_stats_multi_into([x[1:], x], into, [1, 2], ws)  # x second: its blocks start at an offset
+    whole = ops.tensor_stats_raw(x)
+    assert torch.equal(into[0], whole), (into[0] - whole).tolist()
+    assert torch.equal(into[2], whole)
+    assert_stats(ops.TensorStats.from_vector(into[1].tolist()), x[1:])
+    assert_stats(ops.TensorStats.from_vector(whole.tolist()), x)
+
+
 def test_stats_into_errors(device):
     if not ops.native_available(device):
         pytest.skip(ops.backend_reason())
@@ -241,6 +263,12 @@ def test_stats_into_errors(device):
         ops.tensor_stats_into(x, torch.zeros(2, 13, device=device), 0, ws)
     with pytest.raises(OpInputError, match="workspace must be"):
         ops.tensor_stats_into(x, torch.zeros(2, 13, dtype=torch.float64, device=device), 0, ws[:10])
+    # the partials in it are read 16 bytes at a time
+    shifted = torch.zeros(ws.numel() + 8, dtype=torch.uint8, device=device)[8:]
+    with pytest.raises(OpInputError, match="16-byte boundary"):
+        ops.tensor_stats_into(x, torch.zeros(2, 13, dtype=torch.float64, device=device), 0, shifted)
+    with pytest.raises(OpInputError, match="16-byte boundary"):
+        ops.tensor_stats_multi_into([x], torch.zeros(2, 13, dtype=torch.float64, device=device), [0], shifted)
 
 
 def test_workspace_size_matches_native():
