@@ -279,3 +279,50 @@ def test_wrapped_calls_record_what_hooks_record(tmp_path, level):
     assert {r[0] for r in wrapped} == {0, 1}
     if level == "all":
         assert any("/" in r[1] for r in wrapped)  # ops named inside their module
+
+
+class Interrupted(nn.Module):
+    """Calls its second child paused, after a step mark, or after a call of it that raised."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+        self.a, self.b = Scaled(), nn.Linear(4, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rec = accdump.capture.recorder.active_recorder()
+        y = self.a(x, scale=2.0)
+        if self.mode == "paused":
+            with rec.paused():
+                y = self.b(y)
+        elif self.mode == "step":
+            rec.step()
+            y = self.b(y)
+        else:
+            with pytest.raises(TypeError):
+                self.b(None)
+            y = self.b(y)
+        return y
+
+
+@pytest.mark.parametrize("mode", ["paused", "step", "raised"])
+def test_wrapped_and_hooked_calls_agree_when_interrupted(tmp_path, mode):
+    x = torch.randn(2, 8)
+    dumps = []
+    for hooked in (False, True):
+        m = nn.Sequential(Interrupted(mode), nn.ReLU())
+        torch.manual_seed(0)
+        m.load_state_dict(nn.Sequential(Interrupted(mode), nn.ReLU()).state_dict())
+        handle = nn.modules.module.register_module_forward_hook(lambda *a: None) if hooked else None
+        try:
+            with torch.no_grad(), accdump.record(m, tmp_path / str(hooked)):
+                assert ("forward" in m[0].a.__dict__) != hooked
+                for _ in range(2):
+                    m(x)
+        finally:
+            if handle is not None:
+                handle.remove()
+        dumps.append(_records(tmp_path / str(hooked)))
+    assert dumps[0] == dumps[1] and dumps[0]
+    names = {r[1] for r in dumps[0]}
+    assert ("0.b" in names) == (mode != "paused")
