@@ -252,6 +252,19 @@ def test_every_stats_path_gives_the_same_bits(dtype, numel, device, gen):
     assert_stats(ops.TensorStats.from_vector(whole.tolist()), x)
 
 
+@pytest.mark.parametrize(("dtype", "tiny"), [(torch.bfloat16, 1e-39), (torch.float16, 3e-6)], ids=str)
+def test_subnormals_are_values_not_zeros(dtype, tiny, device, backend, gen):
+    """bf16 / fp16 subnormals (the CUDA kernel takes these types' extrema and zero counts on
+    pairs) count as non-zero values, with their exact magnitude."""
+    x = random_tensor(dtype, (70_001,), gen)
+    x[100], x[5001], x[70_000] = tiny, -tiny * 3, tiny * 2
+    assert x[100].item() != 0 and abs(x[100].item()) < torch.finfo(dtype).smallest_normal
+    x = x.to(device)
+    for got in (ops.tensor_stats(x, backend=backend), ops.tensor_stats(x[100:5002], backend=backend)):
+        assert got.min_abs_nonzero == abs(x[100].item())
+    assert_stats(ops.tensor_stats(x, backend=backend), x)
+
+
 def test_stats_into_errors(device):
     if not ops.native_available(device):
         pytest.skip(ops.backend_reason())
