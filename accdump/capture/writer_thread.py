@@ -26,7 +26,7 @@ from accdump.store.record_table import (
     hex_digests,
     string_columns,
 )
-from accdump.store.schema import STATS_FIELDS
+from accdump.store.schema import STATS_FIELDS, nul_guarded
 from accdump.store.writer_process import LocalSegments, SegmentProcess
 
 MAX_BATCH_STEPS = 64  # steps one segment may hold (when they queued up)
@@ -170,7 +170,7 @@ def python_columns(p: StepPayload) -> tuple[StepColumns, list[np.ndarray]]:
     sc = StepColumns(
         p.step,
         ints={c: np.fromiter(cols[c], dtype=np.int64, count=n) for c in INT_COLUMNS},
-        strings={c: np.array(cols[c], dtype=str) for c in STRING_COLUMNS},
+        strings={c: np.array([nul_guarded(v) for v in cols[c]], dtype=str) for c in STRING_COLUMNS},
         ndims=ndims,
         shapes=np.fromiter(itertools.chain.from_iterable(cols["shape"]), dtype=np.int64, count=total),
         strides=np.fromiter(itertools.chain.from_iterable(cols["strides"]), dtype=np.int64, count=total),

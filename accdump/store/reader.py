@@ -26,6 +26,7 @@ from accdump.store.schema import (
     FORMAT_NAME,
     FORMAT_VERSION,
     HEAP,
+    NUL_GUARD,
     RECORDS,
     REQUIRED_COLUMNS,
     SEGMENT_GLOB,
@@ -69,6 +70,13 @@ class Record:
 
 def _attr(value: Any) -> Any:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def column_text(value: Any) -> Any:
+    """A string column's value as written (NUL_GUARD kept its trailing NULs)."""
+    if not isinstance(value, bytes):
+        return value
+    return (value[:-1] if value.endswith(NUL_GUARD) else value).decode()
 
 
 _MAX_OPEN_FILES = 64
@@ -133,19 +141,19 @@ class Segment:
             rank=self.rank,
             step=int(r["step"]),
             order=int(r["order"]),
-            name=_attr(r["name"]),
+            name=column_text(r["name"]),
             call=int(r["call"]),
             role=Role(int(r["role"])),
-            arg=_attr(r["arg"]),
-            kind=_attr(r["kind"]),
-            dtype=_attr(r["dtype"]),
+            arg=column_text(r["arg"]),
+            kind=column_text(r["kind"]),
+            dtype=column_text(r["dtype"]),
             shape=tuple(int(v) for v in r["shape"][:ndim]),
             strides=tuple(int(v) for v in r["strides"][:ndim]),
             storage_offset=int(r["storage_offset"]),
             contiguous=bool(r["contiguous"]),
-            device=_attr(r["device"]),
+            device=column_text(r["device"]),
             stats=TensorStats.from_vector([float(r[f]) for f in STATS_FIELDS]),
-            hash=_attr(r["hash"]),
+            hash=column_text(r["hash"]),
             segment=self.path,
             heap_offset=int(r["heap_offset"]),
             heap_nbytes=int(r["heap_nbytes"]),

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from accdump.store.schema import STATS_FIELDS, record_dtype
+from accdump.store.schema import STATS_FIELDS, nul_guarded, record_dtype
 
 INT_COLUMNS = ("order", "call", "role", "storage_offset", "contiguous", "stats_index", "hash_index")
 STRING_COLUMNS = ("name", "arg", "kind", "dtype", "device")
@@ -75,14 +75,19 @@ def string_columns(sc: StepColumns) -> dict[str, np.ndarray]:
     """Every string column of `sc` as a NumPy unicode array (those given by label resolved)."""
     if not sc.string_ids:
         return sc.strings
-    labels = np.array(sc.labels, dtype=str)
+    labels = np.array([nul_guarded(v) for v in sc.labels], dtype=str)
     return {**sc.strings, **{col: labels[ids] for col, ids in sc.string_ids.items()}}
 
 
+def _stored(value: str) -> bytes:
+    """UTF-8 bytes of a string column's value, NUL_GUARD after a trailing NUL."""
+    return nul_guarded(value).encode("utf-8", "surrogateescape")
+
+
 def _utf8(values: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """UTF-8 bytes of each value and their lengths (str.encode per value: np.char.encode costs
-    ~1 µs a value, once the table's largest cost)."""
-    encoded = [v.encode() for v in values]
+    """UTF-8 bytes of each value as stored and their lengths (str.encode per value:
+    np.char.encode costs ~1 µs a value, once the table's largest cost)."""
+    encoded = [_stored(v) for v in values]
     lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
     return (np.array(encoded, dtype=bytes) if encoded else np.zeros(0, dtype="S1")), lengths
 

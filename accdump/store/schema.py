@@ -15,6 +15,18 @@ FORMAT_VERSION = 1
 SEGMENT_GLOB = "seg*.h5"
 RECORDS = "records"
 HEAP = "heap"
+# Fixed-width columns (HDF5 and NumPy 'S' / 'U') drop a value's trailing NULs. A string
+# column's value that ends with NUL is kept with a guard after it: in NumPy unicode arrays the
+# lone surrogate U+DCFF, which encode("utf-8", "surrogateescape") writes as the byte 0xFF (never
+# part of UTF-8); readers take the byte off again.
+NUL_GUARD = b"\xff"
+NUL_GUARD_CHAR = NUL_GUARD.decode("utf-8", "surrogateescape")
+
+
+def nul_guarded(value: str) -> str:
+    """`value` as a string column keeps it (NUL_GUARD_CHAR after a trailing NUL)."""
+    return value + NUL_GUARD_CHAR if value.endswith("\x00") else value
+
 
 # the statistics columns, in the order of accdump.ops.TensorStats (and of the native ops' rows)
 STATS_FIELDS: tuple[str, ...] = (
