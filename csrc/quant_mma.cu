@@ -10,11 +10,12 @@
 //  - Other activations (float32, float16, float64, or scaled where neither of the above applies)
 //    are first rounded to float32 exactly as the SIMT kernels round them, then split into three
 //    bf16 planes hi + mid + lo that sum to that float32 exactly; each plane is multiplied.
-// Sums over at most 128 values of K stay float32; they are added to float64 accumulators (kept in
-// shared memory, to leave registers for the tiles) in a fixed order, so results are
+// Sums over at most 128 values of K stay float32; they are added to float64 accumulators (in
+// registers where they fit, the rest in shared memory) in a fixed order, so results are
 // deterministic and as accurate as the SIMT kernels' (quant_formats.md §6; quant.h).
 //
-// Tiles: 64 x 128 outputs per block of 8 warps (2 x 4), 32 x 32 per warp; K in steps of 32. Two
+// Tiles: 64 x 128 outputs per block of 8 warps (2 x 4), 32 x 32 per warp; K in steps of 32;
+// blocks take the row tiles of a group first, so the blocks resident together share L2. Two
 // ways of feeding them: below kPlanesMinRows rows, operands are decoded to bf16 on their way into
 // double-buffered shared memory (weight-bandwidth bound at small M); from there on, both operands
 // are decoded once into bf16 planes and a cp.async ring streams the planes (decoding inside the
@@ -43,13 +44,20 @@ struct MmaPlan {
   int group;                  // K values per promotion: 16..128, a power of two
 };
 
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const __nv_bfloat16* p) {
+__device__ __forceinline__ uint32_t shared_address(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// ldmatrix at an address in the shared window.
+__device__ __forceinline__ void ldmatrix_x4_at(uint32_t (&r)[4], uint32_t a) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(a));
 #endif
+}
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const __nv_bfloat16* p) {
+  ldmatrix_x4_at(r, shared_address(p));
 }
 
 __device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
@@ -111,18 +119,29 @@ __device__ __forceinline__ void for_each_output(F f) {
 
 // This thread's share of its warp's outputs: float32 sums of the current 128 values of K
 // (promoted, if scaled) and, with kPromote, of the current scale group; every 128 values the sums
-// go to the float64 accumulators acc64[kOuts][kThreads] in shared memory. (Keeping those in
-// registers instead leaves one block an SM: on the H100 the planes GEMM then ran 1.27x slower.)
-template <bool kPromote>
+// go to float64 accumulators: the first kHeld outputs' in registers, the others' in
+// acc64[kOuts - kHeld][kThreads] in shared memory. How many fit depends on the kernel (see
+// planes_held): all in shared memory, the planes GEMM's updates of them were 40% of its
+// shared-memory traffic, which bounded it; more registers than two blocks an SM allow ran 1.27x
+// slower.
+template <bool kPromote, int kHeld = 0>
 struct WarpSums {
   float acc[2][4][4];
   float tmp[kPromote ? 2 : 1][4][4];
+  double held[kHeld > 0 ? kHeld : 1];
 
   __device__ __forceinline__ void zero() {
     for_each_output([&](int mi, int nj, int c) {
       acc[mi][nj][c] = 0.0f;
       if constexpr (kPromote) tmp[mi][nj][c] = 0.0f;
     });
+#pragma unroll
+    for (int i = 0; i < kHeld; ++i) held[i] = 0.0;
+  }
+
+  // The float64 sum of output i = (mi * 4 + nj) * 4 + c.
+  __device__ __forceinline__ double total(const double* acc64, int tid, int i) const {
+    return i < kHeld ? held[i] : acc64[(i - kHeld) * kThreads + tid];
   }
 
   template <int XS>
@@ -163,7 +182,9 @@ struct WarpSums {
   }
 
   __device__ __forceinline__ void add64(double* acc64, int tid, int mi, int nj, int c, float v) {
-    acc64[((mi * 4 + nj) * 4 + c) * kThreads + tid] += static_cast<double>(v);
+    const int i = (mi * 4 + nj) * 4 + c;
+    if (i < kHeld) held[i] += static_cast<double>(v);
+    else acc64[(i - kHeld) * kThreads + tid] += static_cast<double>(v);
     acc[mi][nj][c] = 0.0f;
   }
 
@@ -196,14 +217,32 @@ __device__ __forceinline__ void load_fragments(uint32_t (&a)[XS][2][4], uint32_t
   }
 }
 
+constexpr int kGroupTiles = 16;  // row tiles a group of blocks walks first (4, 16 and 32 measured the same)
+
+// The first output row and column of this block's tile. Blocks run in launch order, so
+// consecutive blocks take the row tiles of a group of kGroupTiles first and then the next column
+// tile: the blocks resident at one time share their x and w strips in L2 (row-major order over
+// 144 column tiles made every block fetch its own w strip from DRAM: 55% of DRAM bandwidth and
+// 29% L2 hits at M = 2048).
+__device__ __forceinline__ void tile_origin(int64_t rows, int64_t cols, int64_t& m0, int64_t& n0) {
+  const int tm = static_cast<int>((rows + kBM - 1) / kBM), tn = static_cast<int>((cols + kBN - 1) / kBN);
+  const int pid = static_cast<int>(blockIdx.x), per_group = kGroupTiles * tn;
+  const int first = pid / per_group * kGroupTiles, in_group = pid % per_group;
+  const int size = min(tm - first, kGroupTiles);
+  m0 = static_cast<int64_t>(first + in_group % size) * kBM;
+  n0 = static_cast<int64_t>(in_group / size) * kBN;
+}
+
 // The float64 sums of this thread's outputs (rows m0 + mi * 16 + 8 h, columns n0 + nj * 8 + c) to
 // `out`, or to this split's partials.
-__device__ __forceinline__ void write_outputs(const double* acc64, int tid, int64_t m0, int64_t n0, int64_t rows,
-                                              int64_t cols, const LinearParams& p, double* partials, float* out) {
+template <typename Sums>
+__device__ __forceinline__ void write_outputs(const Sums& sums, const double* acc64, int tid, int64_t m0, int64_t n0,
+                                              int64_t rows, int64_t cols, const LinearParams& p, double* partials,
+                                              float* out) {
   for_each_output([&](int mi, int nj, int c) {
     const int64_t m = m0 + mi * 16 + 8 * (c >> 1), n = n0 + nj * 8 + (c & 1);
     if (m >= rows || n >= cols) return;
-    const double v = acc64[((mi * 4 + nj) * 4 + c) * kThreads + tid];
+    const double v = sums.total(acc64, tid, (mi * 4 + nj) * 4 + c);
     if (partials != nullptr) partials[(static_cast<int64_t>(blockIdx.z) * rows + m) * cols + n] = v;
     else out[m * cols + n] = finish(v, p, n);
   });
@@ -229,7 +268,8 @@ __global__ void __launch_bounds__(kThreads, XS == 1 ? 2 : 1)
   for (int i = 0; i < kOuts; ++i) acc64[i * kThreads + tid] = 0.0;
   __syncthreads();
 
-  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * kBM, n0 = static_cast<int64_t>(blockIdx.x) * kBN;
+  int64_t m0, n0;
+  tile_origin(x.rows, w.rows, m0, n0);
   const int64_t kb = static_cast<int64_t>(blockIdx.z) * k_per_split;
   const int64_t ke = min(x.cols, kb + k_per_split);
   const int wm = (warp >> 2) * 32, wn = (warp & 3) * 32;  // this warp's 32 x 32 outputs
@@ -306,7 +346,7 @@ __global__ void __launch_bounds__(kThreads, XS == 1 ? 2 : 1)
     buf ^= 1;
   }
 
-  write_outputs(acc64, tid, m0 + wm + g, n0 + wn + 2 * t, x.rows, w.rows, p, partials, out);
+  write_outputs(sums, acc64, tid, m0 + wm + g, n0 + wn + 2 * t, x.rows, w.rows, p, partials, out);
 #else
   __trap();  // plan_mma never chooses this kernel below sm_80
 #endif
@@ -324,12 +364,12 @@ constexpr int kGStages = 3;
 // not leave room for two blocks per SM).
 __device__ __forceinline__ int swz(int row, int chunk) { return row * kBK + ((chunk ^ ((row >> 1) & 3)) << 3); }
 
-__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+__device__ __forceinline__ void cp_async16_at(uint32_t d, const void* src) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src));
 #endif
 }
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) { cp_async16_at(shared_address(dst), src); }
 __device__ __forceinline__ void cp_async_commit() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile("cp.async.commit_group;\n" ::);
@@ -399,6 +439,15 @@ enum PlanesMode : int {
   kScaledFlush = 2,    // groups of 128: the sums flushed every 128 values of K are the group's
 };
 
+// Outputs of its 32 a thread of the planes GEMM sums in float64 registers (the rest in shared
+// memory), by x planes and PlanesMode. With one plane of x, two blocks an SM leave 128 registers
+// a thread: all 32 fit with kScaledFlush, 24 with kPlain (all 32 spilled a little and ran 7%
+// slower), 8 with kPromoteGroups (its group sums take registers too). Three planes run one block
+// an SM and hold them all.
+__host__ __device__ constexpr int planes_held(int xs, int mode) {
+  return xs != 1 ? 32 : mode == kPlain ? 24 : mode == kPromoteGroups ? 8 : 32;
+}
+
 // Scale planes (see Planes) of `q`: one scale per 16 values of K and row, rows and K padded (the
 // padding repeats the last scale: its values are zeros).
 __global__ void scale_planes_kernel(QuantOperand q, int64_t rows_p, int64_t kp, float* out) {
@@ -417,17 +466,24 @@ __global__ void __launch_bounds__(kThreads, XS == 1 ? 2 : 1)
                          int64_t k_per_split, double* partials, float* out) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   constexpr bool kPromote = kMode == kPromoteGroups, kScales = kMode != kPlain;
+  constexpr int kHeld = planes_held(XS, kMode);
+  // One slot of the ring: XS planes of x (kBM rows each), then kBN rows of w, kBK values a row.
+  constexpr int kSlotRows = XS * kBM + kBN;
+  constexpr uint32_t kSlotBytes = kSlotRows * kBK * sizeof(__nv_bfloat16);
+  constexpr uint32_t kPlaneBytes = kBM * kBK * sizeof(__nv_bfloat16);
+  constexpr int kPieces = kSlotRows * (kBK / 8) / kThreads;  // 16-byte copies a thread per step
+  static_assert(kSlotRows * (kBK / 8) % kThreads == 0 && kThreads / 4 == kBM, "piece j of a thread is x's iff j < XS");
+  static_assert(kBM % 8 == 0 && kBN % 8 == 0, "planes and slots start on rows where swz() starts over");
   // MX weights whose fold is decided on the device: two launches, one of which returns here
   if (pl.run_if_folded >= 0 && (pl.folded != nullptr && *pl.folded ? 1 : 0) != pl.run_if_folded) return;
   extern __shared__ __align__(16) unsigned char smem[];
-  double* acc64 = reinterpret_cast<double*>(smem);                                   // [kOuts][kThreads]
-  __nv_bfloat16* as = reinterpret_cast<__nv_bfloat16*>(acc64 + kOuts * kThreads);  // [S][XS][kBM][kBK]
-  __nv_bfloat16* bs = as + kGStages * XS * kBM * kBK;                               // [S][kBN][kBK]
-  float* sxs = reinterpret_cast<float*>(bs + kGStages * kBN * kBK);                  // [S][kBM][2]
-  float* sws = sxs + kGStages * 2 * kBM;                                             // [S][kBN][2]
+  double* acc64 = reinterpret_cast<double*>(smem);  // [kOuts - kHeld][kThreads]
+  __nv_bfloat16* ring = reinterpret_cast<__nv_bfloat16*>(acc64 + (kOuts - kHeld) * kThreads);  // [S][kSlotRows][kBK]
+  float* sxs = reinterpret_cast<float*>(ring + kGStages * kSlotRows * kBK);          // [S][kBM][2]
+  float* sws = sxs + kGStages * 2 * kBM;                                              // [S][kBN][2]
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
 #pragma unroll
-  for (int i = 0; i < kOuts; ++i) acc64[i * kThreads + tid] = 0.0;
+  for (int i = 0; i < kOuts - kHeld; ++i) acc64[i * kThreads + tid] = 0.0;
   if constexpr (kScales) {  // an operand without scales multiplies by ones
     if (pl.sx == nullptr)
       for (int i = tid; i < kGStages * 2 * kBM; i += kThreads) sxs[i] = 1.0f;
@@ -435,7 +491,8 @@ __global__ void __launch_bounds__(kThreads, XS == 1 ? 2 : 1)
       for (int i = tid; i < kGStages * 2 * kBN; i += kThreads) sws[i] = 1.0f;
   }
 
-  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * kBM, n0 = static_cast<int64_t>(blockIdx.x) * kBN;
+  int64_t m0, n0;
+  tile_origin(x.rows, w.rows, m0, n0);
   const int64_t kb = static_cast<int64_t>(blockIdx.z) * k_per_split;
   const int64_t ke = min(x.cols, kb + k_per_split);
   const int64_t steps = (ke - kb + kBK - 1) / kBK;
@@ -443,59 +500,77 @@ __global__ void __launch_bounds__(kThreads, XS == 1 ? 2 : 1)
   const int g = lane >> 2, t = lane & 3;
   const bool folded = pl.folded != nullptr && *pl.folded;
 
-  auto issue = [&](int64_t step) {
+  // Addresses are worked out once (the loop is issue-bound; recomputing them every step took more
+  // instructions than the mma themselves): each thread copies the same pieces of every step, so
+  // the sources advance by kBK values and the (swizzled) destinations are fixed offsets in a
+  // slot; the swizzle depends on the row modulo 8 only, so planes and slots shift by constants.
+  const uint32_t ring_base = shared_address(ring);
+  const __nv_bfloat16* src[kPieces];
+  uint32_t dst[kPieces];
+#pragma unroll
+  for (int j = 0; j < kPieces; ++j) {
+    const int row = (tid >> 2) + j * kBM, chunk = tid & 3;
+    if (j < XS) src[j] = pl.a + (j * pl.mp + m0 + (tid >> 2)) * pl.kp + kb + chunk * 8;
+    else src[j] = pl.b + (n0 + row - XS * kBM) * pl.kp + kb + chunk * 8;
+    dst[j] = static_cast<uint32_t>(swz(row, chunk) * sizeof(__nv_bfloat16));
+  }
+  uint32_t a_off[2][kBK / 16], b_off[2][kBK / 16];  // ldmatrix rows of this lane: m tile / n tile pair, K step
+#pragma unroll
+  for (int ks = 0; ks < kBK / 16; ++ks)
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      a_off[i][ks] = static_cast<uint32_t>(swz(wm + i * 16 + (lane & 15), ks * 2 + (lane >> 4)) * sizeof(__nv_bfloat16));
+      b_off[i][ks] = static_cast<uint32_t>(
+          swz(XS * kBM + wn + i * 16 + (lane & 7) + ((lane >> 4) << 3), ks * 2 + ((lane >> 3) & 1)) *
+          sizeof(__nv_bfloat16));
+    }
+  // the threads that copy scales: x's first kBM / 2, w's last kBN / 2 (two rows each)
+  const bool copies_sx = pl.sx != nullptr && tid < kBM / 2, copies_sw = pl.sw != nullptr && tid >= kThreads - kBN / 2;
+  const float* sx_src = copies_sx ? pl.sx + (kb / kBK * pl.mp + m0 + tid * 2) * 2 : nullptr;
+  const float* sw_src = copies_sw ? pl.sw + (kb / kBK * pl.np + n0 + (tid - (kThreads - kBN / 2)) * 2) * 2 : nullptr;
+
+  auto issue = [&](int64_t step, int slot) {
     if (step < steps) {
-      const int slot = static_cast<int>(step % kGStages);
-      const int64_t k0 = kb + step * kBK;
-      // 16-byte pieces: 4 a row of 32 values; XS x 64 rows of x, 128 rows of w
-      for (int i = tid; i < (XS * kBM + kBN) * 4; i += kThreads) {
-        const int row = i >> 2, c = (i & 3) * 8;
-        if (row < XS * kBM) {
-          const int s = row / kBM, r = row - s * kBM;
-          cp_async16(as + swz((slot * XS + s) * kBM + r, i & 3), pl.a + (s * pl.mp + m0 + r) * pl.kp + k0 + c);
-        } else {
-          const int r = row - XS * kBM;
-          cp_async16(bs + swz(slot * kBN + r, i & 3), pl.b + (n0 + r) * pl.kp + k0 + c);
-        }
-      }
+      const uint32_t base = ring_base + slot * kSlotBytes;
+      const int64_t dk = step * kBK;
+#pragma unroll
+      for (int j = 0; j < kPieces; ++j) cp_async16_at(base + dst[j], src[j] + dk);
       if constexpr (kScales) {  // the step's scales: 2 a row, 2 rows a piece
-        const int64_t plane_step = k0 / kBK;
-        if (pl.sx != nullptr && tid < kBM / 2)
-          cp_async16(sxs + (slot * kBM + tid * 2) * 2, pl.sx + (plane_step * pl.mp + m0 + tid * 2) * 2);
-        if (pl.sw != nullptr && tid >= kThreads - kBN / 2) {
-          const int i = tid - (kThreads - kBN / 2);
-          cp_async16(sws + (slot * kBN + i * 2) * 2, pl.sw + (plane_step * pl.np + n0 + i * 2) * 2);
-        }
+        if (copies_sx) cp_async16(sxs + (slot * kBM + tid * 2) * 2, sx_src + step * pl.mp * 2);
+        if (copies_sw) cp_async16(sws + (slot * kBN + (tid - (kThreads - kBN / 2)) * 2) * 2, sw_src + step * pl.np * 2);
       }
     }
     cp_async_commit();  // empty groups past the end keep the wait count uniform
   };
 
-  WarpSums<kPromote> sums;
+  WarpSums<kPromote, kHeld> sums;
   sums.zero();
 
 #pragma unroll
-  for (int s = 0; s < kGStages - 1; ++s) issue(s);
+  for (int s = 0; s < kGStages - 1; ++s) issue(s, s);
   const int64_t group_mask = plan.group - 1;
+  int slot = 0;
   for (int64_t step = 0; step < steps; ++step) {
     cp_async_wait<kGStages - 2>();
     __syncthreads();  // this step's tiles are in; the slot refilled below has been consumed
-    issue(step + kGStages - 1);
-    const int slot = static_cast<int>(step % kGStages);
+    issue(step + kGStages - 1, slot == 0 ? kGStages - 1 : slot - 1);
+    const uint32_t base = ring_base + slot * kSlotBytes;
     const int64_t k0 = kb + step * kBK;
 #pragma unroll
     for (int ks = 0; ks < kBK / 16; ++ks) {
       const int64_t k = k0 + ks * 16;
       if (k >= ke) break;
       uint32_t a[XS][2][4], b[4][2];
-      load_fragments<XS>(
-          a, b,
-          [&](int s, int mi) {
-            return as + swz((slot * XS + s) * kBM + wm + mi * 16 + (lane & 15), ks * 2 + (lane >> 4));
-          },
-          [&](int pair) {
-            return bs + swz(slot * kBN + wn + pair * 16 + (lane & 7) + ((lane >> 4) << 3), ks * 2 + ((lane >> 3) & 1));
-          });
+#pragma unroll
+      for (int s = 0; s < XS; ++s)
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi) ldmatrix_x4_at(a[s][mi], base + s * kPlaneBytes + a_off[mi][ks]);
+#pragma unroll
+      for (int pair = 0; pair < 2; ++pair) {
+        uint32_t r[4];
+        ldmatrix_x4_at(r, base + b_off[pair][ks]);
+        b[2 * pair][0] = r[0], b[2 * pair][1] = r[1], b[2 * pair + 1][0] = r[2], b[2 * pair + 1][1] = r[3];
+      }
       sums.multiply<XS>(a, b);
       const int64_t kn = k + 16;
       const bool last = kn >= ke;
@@ -512,10 +587,11 @@ __global__ void __launch_bounds__(kThreads, XS == 1 ? 2 : 1)
         else sums.flush(acc64, tid);
       }
     }
+    slot = slot + 1 == kGStages ? 0 : slot + 1;
   }
   cp_async_wait<0>();
 
-  write_outputs(acc64, tid, m0 + wm + g, n0 + wn + 2 * t, x.rows, w.rows, p, partials, out);
+  write_outputs(sums, acc64, tid, m0 + wm + g, n0 + wn + 2 * t, x.rows, w.rows, p, partials, out);
 #else
   __trap();
 #endif
@@ -584,8 +660,7 @@ int64_t split_length(int64_t k, int64_t splits) {
 }
 
 dim3 grid_of(const QuantOperand& x, const QuantOperand& w, int64_t splits) {
-  return dim3(static_cast<unsigned>(ceil_div(w.rows, kBN)), static_cast<unsigned>(ceil_div(x.rows, kBM)),
-              static_cast<unsigned>(splits));
+  return dim3(static_cast<unsigned>(ceil_div(w.rows, kBN) * ceil_div(x.rows, kBM)), 1, static_cast<unsigned>(splits));
 }
 
 template <int XS, bool kPromote>
@@ -636,7 +711,7 @@ bool e8m0_fold_range(DType elem, int& lo, int& hi) {
 template <int XS, int kMode>
 void run_planes_kernel(const Planes& pl, const QuantOperand& x, const QuantOperand& w, const LinearParams& p,
                        const MmaPlan& plan, int64_t splits, double* workspace, float* out, cudaStream_t stream) {
-  const size_t smem = sizeof(double) * kOuts * kThreads +
+  const size_t smem = sizeof(double) * (kOuts - planes_held(XS, kMode)) * kThreads +
                       sizeof(uint16_t) * kGStages * (XS * kBM + kBN) * kBK + sizeof(float) * kGStages * 2 * (kBM + kBN);
   ACCDUMP_CUDA_CHECK(cudaFuncSetAttribute(linear_planes_kernel<XS, kMode>,
                                           cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
