@@ -5,6 +5,12 @@ nothing), and under accdump.record in stats mode (module and op level), hash and
 prints a table and writes JSON. Each row's ratio is against a plain run timed next to it
 (hosts whose speed drifts between rows skew ratios against one plain run taken at the start).
 
+Next to wall time, each row has the CPU time the calling thread spent inside the run (up to its
+return, before any device synchronisation): what the host does for a forward, unlike wall time
+untouched by other tenants taking the host's CPUs. Where the host sets the pace (the H100 preset
+at seq 512) its ratio is the overhead the run itself causes; the writer's thread and process
+are not in it.
+
     python benchmarks/bench_record.py                 # H100 preset: 16 layers, hidden 2048, seq 512, bf16
     python benchmarks/bench_record.py --preset cpu    # 4 layers, hidden 256, prefill 32 + 4 decode steps
 """
@@ -19,6 +25,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from rich.console import Console
@@ -52,19 +59,25 @@ def build_model(p: dict) -> torch.nn.Module:
     return model
 
 
-def time_it(fn: Callable[[], object], device: str, reps: int) -> float:
+class Timing(NamedTuple):
+    wall: float  # median seconds per run, device work included
+    cpu: float  # median CPU seconds of the calling thread per run, until the run returns
+
+
+def time_it(fn: Callable[[], object], device: str, reps: int) -> Timing:
     for _ in range(2):
         fn()
-    times = []
+    wall, cpu = [], []
     for _ in range(reps):
         if device == "cuda":
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         fn()
+        cpu.append(time.thread_time() - c0)  # before synchronize(), which spins
         if device == "cuda":
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        wall.append(time.perf_counter() - t0)
+    return Timing(statistics.median(wall), statistics.median(cpu))
 
 
 def main() -> None:
@@ -103,18 +116,26 @@ def main() -> None:
 
         what = f"forward, seq {p['seq']}"
 
-    rows: list[dict] = []
+    def row_of(config: str, t: Timing, plain: Timing) -> dict:
+        return {
+            "config": config,
+            "seconds": t.wall,
+            "plain_seconds": plain.wall,
+            "cpu_seconds": t.cpu,
+            "plain_cpu_seconds": plain.cpu,
+        }
+
     plain = time_it(run, dev, args.reps)
-    rows.append({"config": "plain", "seconds": plain, "ratio": 1.0})
+    rows = [row_of("plain", plain, plain)]
 
     def nothing(*args: object) -> None:
         return None
 
     handles = [wrap_forward(m, nothing, nothing) for m in model.modules()]
-    rows.append({"config": "wrappers that do nothing", "seconds": time_it(run, dev, args.reps)})
+    wrapped = time_it(run, dev, args.reps)
     for h in handles:
         h.remove()
-    rows[-1]["plain_seconds"] = time_it(run, dev, args.reps)
+    rows.append(row_of("wrappers that do nothing", wrapped, time_it(run, dev, args.reps)))
 
     tmp = Path(tempfile.mkdtemp(prefix="accdump-bench-"))
     configs = [
@@ -132,13 +153,9 @@ def main() -> None:
         with accdump.record(model, out, **kw) as rec:
             t = time_it(run, dev, reps)
         dump = accdump.load(out)
-        row = {
-            "config": label,
-            "seconds": t,
-            "plain_seconds": plain_before,
-            "records_per_run": len(dump) // max(1, len(dump.steps()) // (1 if args.preset == "gpu" else 5)),
-            "dump_mib": dump.nbytes() / 2**20,
-        }
+        row = row_of(label, t, plain_before)
+        row["records_per_run"] = len(dump) // max(1, len(dump.steps()) // (1 if args.preset == "gpu" else 5))
+        row["dump_mib"] = dump.nbytes() / 2**20
         if rec._writer is not None:
             row["stalled_ms_per_run"] = rec._writer.seconds_stalled / (reps + 2) * 1e3
         if kw["mode"] == "tensor" and rec._writer is not None and rec._writer.seconds_writing:
@@ -146,18 +163,22 @@ def main() -> None:
         rows.append(row)
         shutil.rmtree(out, ignore_errors=True)
     for r in rows:
-        r["ratio"] = r["seconds"] / r.get("plain_seconds", plain)
+        r["ratio"] = r["seconds"] / r["plain_seconds"]
+        r["cpu_ratio"] = r["cpu_seconds"] / r["plain_cpu_seconds"]
     name = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
     table = Table(
         title=f"accdump record overhead: Llama {p['layers']}L h{p['hidden']} {p['dtype']} on {name} ({what})"
     )
-    for c in ("config", "ms", "× plain", "records/run", "dump MiB", "write GB/s", "stalled ms/run"):
+    columns = ("config", "ms", "× plain", "host CPU ms", "× plain (CPU)", "records/run", "dump MiB")
+    for c in (*columns, "write GB/s", "stalled ms/run"):
         table.add_column(c, justify="right")
     for r in rows:
         table.add_row(
             r["config"],
             f"{r['seconds'] * 1e3:.2f}",
             f"{r['ratio']:.2f}",
+            f"{r['cpu_seconds'] * 1e3:.2f}",
+            f"{r['cpu_ratio']:.2f}",
             str(r.get("records_per_run", "-")),
             f"{r['dump_mib']:.1f}" if "dump_mib" in r else "-",
             f"{r['write_gbps']:.2f}" if "write_gbps" in r else "-",

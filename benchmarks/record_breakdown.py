@@ -1,7 +1,8 @@
 """Where the host time of stats recording goes, in µs per record, by elimination.
 
 Times one forward of a transformers Llama seven ways (median forward time of each, all
-taking turns) and charges each difference to one part:
+taking turns; wall time, and the CPU time of the calling thread until the forward returns,
+which other tenants of a shared host do not change) and charges each difference to one part:
   torch hooks     for reference: pre- and post-hooks (partial, kwargs, always_call) doing nothing,
                   as accdump installed them before it wrapped forward
   wrappers        every module's forward wrapped as accdump wraps it (module_calls), doing nothing
@@ -159,6 +160,7 @@ def main() -> None:
         parts += ("writer: wait", "writer: columns")
         charged_against.update({"writer: wait": "capture", "writer: columns": "writer: wait"})
     times: dict[str, list[float]] = {part: [] for part in parts}
+    cpu_times: dict[str, list[float]] = {part: [] for part in parts}
     for r in range(args.rounds):
         # each round starts one part later: a part that leaves work behind (a writer process
         # flushing) or a position in the round that runs slower then weighs on every part alike
@@ -168,12 +170,14 @@ def main() -> None:
                 for _ in range(args.per_turn):
                     if dev == "cuda":
                         torch.cuda.synchronize()
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.thread_time()
                     forward()
+                    cpu_times[part].append((time.thread_time() - c0) * 1e6)  # before the spinning sync
                     if dev == "cuda":
                         torch.cuda.synchronize()
                     times[part].append((time.perf_counter() - t0) * 1e6)
     median = {part: statistics.median(ts) for part, ts in times.items()}
+    cpu_median = {part: statistics.median(ts) for part, ts in cpu_times.items()}
     records = len(list(accdump.load(tmp / "writer").records(step=0)))
     op_us = op_host_us(dev, getattr(torch, p["dtype"]))
 
@@ -182,17 +186,22 @@ def main() -> None:
         title=f"stats recording, module level: Llama {p['layers']}L h{p['hidden']} seq {p['seq']} on {name}, "
         f"{records} records per forward"
     )
-    for c in ("part", "forward µs", "× plain", "+µs / record", "total µs / record"):
+    columns = ("part", "forward µs", "× plain", "+µs / record", "total µs / record")
+    for c in (*columns, "host CPU µs", "× plain (CPU)", "+CPU µs / record"):
         table.add_column(c, justify="right")
     rows = []
     for part, t in median.items():
-        prev = median[charged_against.get(part, part)]
+        against = charged_against.get(part, part)
+        cpu = cpu_median[part]
         row = {
             "part": part,
             "forward_us": t,
             "ratio": t / median["plain"],
-            "us_per_record": (t - prev) / records,
+            "us_per_record": (t - median[against]) / records,
             "total_us_per_record": (t - median["plain"]) / records,
+            "cpu_us": cpu,
+            "cpu_ratio": cpu / cpu_median["plain"],
+            "cpu_us_per_record": (cpu - cpu_median[against]) / records,
         }
         rows.append(row)
         table.add_row(
@@ -201,8 +210,11 @@ def main() -> None:
             f"{row['ratio']:.3f}",
             f"{row['us_per_record']:.2f}",
             f"{row['total_us_per_record']:.2f}",
+            f"{cpu:.0f}",
+            f"{row['cpu_ratio']:.3f}",
+            f"{row['cpu_us_per_record']:.2f}",
         )
-    Console(width=140).print(table)
+    Console(width=170).print(table)
     print(f"one tensor_stats_into call: {op_us:.2f} µs of host time")
     Path(args.json).write_text(
         json.dumps(
