@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -263,6 +266,42 @@ def test_subnormals_are_values_not_zeros(dtype, tiny, device, backend, gen):
     for got in (ops.tensor_stats(x, backend=backend), ops.tensor_stats(x[100:5002], backend=backend)):
         assert got.min_abs_nonzero == abs(x[100].item())
     assert_stats(ops.tensor_stats(x, backend=backend), x)
+
+
+_PATHS_SCRIPT = """
+import sys, torch
+from accdump import ops
+gen = torch.Generator().manual_seed(11)
+rows = []
+for dtype in (torch.float32, torch.bfloat16, torch.float16):
+    for n in (15, 16, 17, 1000, 65_536 + 37, 200_001):
+        x = (torch.randn(n, generator=gen) * 3 + 5).to(dtype)
+        if n > 100:  # blocks off the fast path, both zeros, a subnormal
+            x[7], x[33], x[20], x[21] = float("nan"), float("inf"), 0.0, -0.0
+            x[-5] = torch.finfo(dtype).smallest_normal / 4
+        rows += [ops.tensor_stats_raw(x), ops.tensor_stats_raw(x[1:])]
+torch.save(torch.stack(rows), sys.argv[1])
+"""
+
+
+def test_cpu_simd_and_portable_paths_give_the_same_bits(tmp_path):
+    """The CPU kernel's AVX2 loop (taken where the CPU has it) and its portable loop
+    (ACCDUMP_STATS_PORTABLE=1) fill the same lanes with the same operations: a dump's statistics
+    do not depend on the CPU that recorded it. Where there is no AVX2 both runs take the portable
+    loop, and the comparison still holds."""
+    if not ops.native_available("cpu"):
+        pytest.skip(ops.backend_reason())
+    out = {}
+    for name, env in (("simd", {}), ("portable", {"ACCDUMP_STATS_PORTABLE": "1"})):
+        path = tmp_path / f"{name}.pt"
+        subprocess.run(
+            [sys.executable, "-c", _PATHS_SCRIPT, str(path)],
+            env={**os.environ, "ACCDUMP_STATS_PORTABLE": "0", **env},
+            check=True,
+        )
+        out[name] = torch.load(path)
+    assert torch.equal(out["simd"].view(torch.int64), out["portable"].view(torch.int64))
+    assert torch.isfinite(out["simd"][:, 8]).all()  # means: every tensor had finite values
 
 
 def test_stats_into_errors(device):
