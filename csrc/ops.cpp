@@ -4,12 +4,25 @@
 #include <torch/library.h>
 
 int accdump_add_capture_type(PyObject* module);  // capture.cpp
+namespace accdump {
+const char* cpu_stats_path();  // stats_cpu.cpp
+}
+
+namespace {
+PyObject* cpu_stats_path(PyObject* /*self*/, PyObject* /*unused*/) {
+  return PyUnicode_FromString(accdump::cpu_stats_path());
+}
+PyMethodDef module_methods[] = {
+    {"cpu_stats_path", cpu_stats_path, METH_NOARGS,
+     "the loop dense CPU statistics take here: 'avx2' or 'portable' (the same bits)"},
+    {nullptr, nullptr, 0, nullptr}};
+}  // namespace
 
 extern "C" {
 // `import accdump._C` loads this library so that the registrations below run; the module
 // itself holds StepCapture, the recorder's native hot path.
 PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, module_methods};
   PyObject* module = PyModule_Create(&module_def);
   if (module != nullptr && accdump_add_capture_type(module) < 0) {
     Py_DECREF(module);

@@ -2,7 +2,7 @@
 // result does not depend on the number of threads. Dense float32 / bfloat16 / float16 chunks
 // take a fast path: blocks of 16 values, extrema in float, a float64 lane per value of a block
 // for each sum; with AVX2 (checked at run time) on vectors, else in a portable loop that gives
-// the same bits.
+// the same bits (with the build's -ffp-contract=off, on other architectures too).
 #include <ATen/Parallel.h>
 
 #include <cmath>
@@ -10,6 +10,7 @@
 #include <cstring>
 #include <vector>
 #if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
 #include <immintrin.h>
 #endif
 
@@ -208,8 +209,11 @@ bool portable_stats_forced() {
 }
 
 bool has_avx2() {
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                          __builtin_cpu_supports("f16c");
+  static const bool yes = [] {
+    unsigned a = 0, b = 0, c = 0, d = 0;  // F16C by CPUID: clang before 18 has no "f16c" for the builtin
+    const bool f16c = __get_cpuid(1, &a, &b, &c, &d) != 0 && (c & bit_F16C) != 0;
+    return f16c && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
   return yes;
 }
 #endif
@@ -246,6 +250,13 @@ void stats_chunks(const TensorDesc& d, double shift, std::vector<StatsAcc>& part
   });
 }
 }  // namespace
+
+const char* cpu_stats_path() {
+#ifdef ACCDUMP_STATS_AVX2
+  if (has_avx2() && !portable_stats_forced()) return "avx2";
+#endif
+  return "portable";
+}
 
 void tensor_stats_cpu_kernel(const TensorDesc& d, double* out) {
   const int64_t chunks = (d.numel + kChunk - 1) / kChunk;

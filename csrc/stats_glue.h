@@ -31,6 +31,8 @@ std::vector<at::Tensor> check_fingerprint_multi_into(at::TensorList xs, const at
 
 // CPU statistics of one described tensor into out[kStatsFields].
 void tensor_stats_cpu_kernel(const TensorDesc& d, double* out);
+// The loop dense CPU statistics take in this process: "avx2" or "portable" (the same bits).
+const char* cpu_stats_path();
 
 // tensor_stats_into without the dispatcher, for the recorder's native capture (capture.cpp):
 // the statistics of x into out[row] on x's device (CUDA: one launch on the current stream).
