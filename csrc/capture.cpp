@@ -7,15 +7,34 @@
 // At the end of the step finish() hands everything over as a few tensors and lists. Values it
 // does not know how to walk (a dataclass, a tensor subclass, an unsupported dtype or device)
 // are left entirely to the Python path: capture() then returns -1 having recorded nothing.
+//
+// Deferred statistics. A statistics launch costs the host about as much as one of the model's
+// own kernels, so on a model whose host sets the pace (small batches, decoding) one launch per
+// captured tensor slows the run by a quarter. Tensors are therefore measured in batches, one
+// launch for many (the same blocks and merge order: the same bits), while the step runs:
+// a captured tensor is kept alive with its version and measured at the next flush (the batch
+// is full, a new rows chunk, another stream, forget(), flush(), the end of the step). That is
+// exact unless the tensor is written in place before the flush, which its version counter
+// shows. The first step therefore measures every tensor at once and only watches: a record
+// whose tensor was written in place within its window is measured at capture from then on.
+// A later write that the first step did not show is still caught by the version check: the
+// record is measured after the write and reported by take_late() (the recorder warns) and
+// measured at capture from then on. Deferred: tensors with a version counter (not inference
+// tensors) of at most kDeferMaxBytes, on the devices the `defer` option names.
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
+#include <c10/core/StreamGuard.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <torch/csrc/Dtype.h>
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
 
 #include <array>
 #include <cstring>
+#include <optional>
+#include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "stats_glue.h"
@@ -26,6 +45,14 @@ namespace {
 constexpr int64_t kChunkRows = 256;  // accdump/capture/step_buffer.py CHUNK_ROWS
 constexpr int kMaxDepth = 6;         // accdump/capture/flatten.py MAX_DEPTH
 constexpr int kIndexKeys = 64;       // cached keys "0".."63" of positional items
+// Deferred statistics (see the top): the largest tensor deferred (a larger one keeps the device
+// busy longer than its launch costs the host), and the most a device's pending batch holds
+// (pending tensors stay alive: their memory is not reused until they are measured).
+constexpr int64_t kDeferMaxBytes = int64_t{16} << 20;
+constexpr int64_t kPendingMaxBytes = int64_t{64} << 20;
+constexpr size_t kPendingMax = 64;
+
+enum class Defer { kNone, kCuda, kAll };
 
 // A tensor already measured in this step: reused while it is the same tensor, unchanged.
 struct Seen {
@@ -35,12 +62,30 @@ struct Seen {
   int64_t stats_index;
 };
 
-// A device's statistics rows in this step: float64 [kChunkRows, kStatsFields] chunks.
+// A captured tensor whose statistics wait for the next flush (or, in the first step, were
+// taken at once and are only watched for in-place writes).
+struct Pending {
+  at::Tensor tensor;  // kept alive: its memory is not reused before it is read
+  int64_t version;
+  const void* data;
+  int64_t numel;
+  int64_t row;    // in the device's last chunk
+  bool measured;  // first step: measured at capture
+  std::string key;
+};
+
+// A device's statistics rows in this step: float64 [kChunkRows, kStatsFields] chunks, and the
+// tensors waiting to be measured into the last one (on `pending_stream`).
 struct DeviceRows {
   at::Device device;
   StatsIntoRow stats_into;
+  StatsMultiIntoRows stats_multi_into;
+  bool defer;
   std::vector<at::Tensor> chunks;
   int64_t next_row = kChunkRows;
+  std::vector<Pending> pending;
+  int64_t pending_bytes = 0;
+  std::optional<c10::Stream> pending_stream;
 };
 
 // A Python reference owned by the columns.
@@ -65,6 +110,11 @@ struct State {
   // strings into arrays with no per-record Python
   std::vector<Ref> strings;
   std::unordered_map<PyObject*, int64_t> string_index;
+  Defer defer = Defer::kCuda;
+  bool watched_a_step = false;  // a step has been watched: deferral may start
+  std::unordered_set<std::string> measure_at_capture;  // keys seen written in place
+  std::vector<std::string> late;  // keys measured after an in-place write in this step
+  int64_t stats_calls = 0;        // statistics calls made (launches on CUDA), over all steps
 
   int64_t intern(PyObject* str) {
     auto it = string_index.find(str);
@@ -100,6 +150,63 @@ bool supported(const State& s, PyObject* obj) {
   const at::Tensor& t = THPVariable_Unpack(obj);
   return t.defined() && t.layout() == at::kStrided && !t.is_nested() && t.has_storage() &&
          s.dtype_id[static_cast<size_t>(t.scalar_type())] >= 0 && stats_into_for(t.device()) != nullptr;
+}
+
+StatsMultiIntoRows stats_multi_into_for(const at::Device& d) {
+  if (d.is_cpu()) return &stats_multi_into_rows_cpu;
+  if (d.is_cuda()) return stats_multi_into_rows_cuda;
+  return nullptr;
+}
+
+int64_t version_of(const at::Tensor& t) {
+  // an inference tensor has no version counter: its numbers are never reused nor deferred
+  return t.is_inference() ? -1 : static_cast<int64_t>(t.unsafeGetTensorImpl()->version_counter().current_version());
+}
+
+// Measures a device's pending tensors (one call for all: launches on their stream) and checks
+// each one's version: a tensor written in place since its capture is measured at capture from
+// now on, and if it was still waiting, its record is reported late.
+void flush(State& s, DeviceRows& rows) {
+  if (rows.pending.empty()) return;
+  std::vector<Pending> batch;
+  batch.swap(rows.pending);
+  rows.pending_bytes = 0;
+  std::vector<at::Tensor> xs;
+  std::vector<int64_t> out_rows;
+  for (Pending& p : batch) {
+    const at::Tensor& t = p.tensor;
+    if (version_of(t) != p.version || t.const_data_ptr() != p.data || t.numel() != p.numel) {
+      if (!p.measured) s.late.push_back(p.key);
+      s.measure_at_capture.insert(std::move(p.key));
+    }
+    if (!p.measured) {
+      xs.push_back(t);
+      out_rows.push_back(p.row);
+    }
+  }
+  if (xs.empty()) return;
+  std::optional<c10::StreamGuard> on_stream;
+  if (rows.pending_stream) on_stream.emplace(*rows.pending_stream);
+  rows.stats_multi_into(xs, rows.chunks.back(), out_rows);
+  ++s.stats_calls;
+}
+
+void flush_all(State& s) {
+  for (DeviceRows& rows : s.devices) flush(s, rows);
+}
+
+// The key a record's deferral is learnt under: name, role and arg.
+std::string record_key(PyObject* name, int64_t role, PyObject* arg) {
+  Py_ssize_t n = 0, a = 0;
+  const char* name_utf8 = PyUnicode_AsUTF8AndSize(name, &n);
+  const char* arg_utf8 = PyUnicode_AsUTF8AndSize(arg, &a);
+  if (name_utf8 == nullptr || arg_utf8 == nullptr) throw python_error();
+  std::string key;
+  key.reserve(static_cast<size_t>(n + a) + 4);
+  key.append(name_utf8, static_cast<size_t>(n)).push_back('\0');
+  key.append(std::to_string(role)).push_back('\0');
+  key.append(arg_utf8, static_cast<size_t>(a));
+  return key;
 }
 
 bool is_leaf(PyObject* v) {
@@ -169,25 +276,52 @@ bool walkable(const State& s, PyObject* obj, int depth) {
   return true;
 }
 
-// Measures `t` (a supported tensor) into a fresh row unless it was measured in this step and
-// has not changed since; returns its Seen entry.
-const Seen& measure(State& s, const at::Tensor& t) {
+// Measures `t` (a supported tensor, captured for the record `name`, `role`, `arg`) into a fresh
+// row unless it was measured in this step and has not changed since; returns its Seen entry.
+// The statistics are taken now or at the next flush (see the top).
+const Seen& measure(State& s, const at::Tensor& t, PyObject* name, int64_t role, PyObject* arg) {
   c10::TensorImpl* impl = t.unsafeGetTensorImpl();
-  // an inference tensor has no version counter: its numbers are never reused
-  const int64_t version = t.is_inference() ? -1 : static_cast<int64_t>(impl->version_counter().current_version());
+  const int64_t version = version_of(t);
   auto it = s.seen.find(impl);
   if (it != s.seen.end() && version >= 0 && it->second.version == version) return it->second;
   const at::Device dev = t.device();
   int32_t device = 0;
   while (device < static_cast<int32_t>(s.devices.size()) && s.devices[device].device != dev) ++device;
-  if (device == static_cast<int32_t>(s.devices.size())) s.devices.push_back(DeviceRows{dev, stats_into_for(dev), {}});
+  if (device == static_cast<int32_t>(s.devices.size())) {
+    const bool defer = s.defer == Defer::kAll || (s.defer == Defer::kCuda && dev.is_cuda());
+    s.devices.push_back(DeviceRows{dev, stats_into_for(dev), stats_multi_into_for(dev), defer});
+  }
   DeviceRows& rows = s.devices[device];
+  const int64_t nbytes = t.numel() * static_cast<int64_t>(t.element_size());
+  std::string key;
+  bool watch = rows.defer && version >= 0 && nbytes <= kDeferMaxBytes && rows.stats_multi_into != nullptr;
+  if (watch) {
+    key = record_key(name, role, arg);
+    watch = s.measure_at_capture.count(key) == 0;
+  }
+  if (watch && !dev.is_cpu()) {
+    const c10::Stream stream = c10::impl::getDeviceGuardImpl(dev.type())->getStream(dev);
+    if (rows.pending_stream != stream) {
+      flush(s, rows);
+      rows.pending_stream = stream;
+    }
+  }
   if (rows.next_row == kChunkRows) {
+    flush(s, rows);  // pending rows are in the last chunk
     rows.chunks.push_back(at::zeros({kChunkRows, kStatsFields}, at::TensorOptions().dtype(at::kDouble).device(dev)));
     rows.next_row = 0;
   }
   const int64_t row = rows.next_row++;
-  rows.stats_into(t, rows.chunks.back(), row);
+  const bool defer_now = watch && s.watched_a_step;
+  if (!defer_now) {
+    rows.stats_into(t, rows.chunks.back(), row);
+    ++s.stats_calls;
+  }
+  if (watch) {
+    rows.pending.push_back(Pending{t, version, t.const_data_ptr(), t.numel(), row, !defer_now, std::move(key)});
+    rows.pending_bytes += nbytes;
+    if (rows.pending.size() >= kPendingMax || rows.pending_bytes >= kPendingMaxBytes) flush(s, rows);
+  }
   const int64_t index = static_cast<int64_t>(rows.chunks.size() - 1) * kChunkRows + row;
   Seen entry{c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>(t.getIntrusivePtr()), version,
              s.dtype_id[static_cast<size_t>(t.scalar_type())], device, index};
@@ -201,7 +335,7 @@ const Seen& measure(State& s, const at::Tensor& t) {
 // Records one supported tensor; returns its order in the step.
 int64_t record(State& s, PyObject* obj, PyObject* name, int64_t call, int64_t role, PyObject* arg, PyObject* kind) {
   const at::Tensor& t = THPVariable_Unpack(obj);
-  const Seen& seen = measure(s, t);
+  const Seen& seen = measure(s, t, name, role, arg);
   const int64_t order = s.next_order++;
   const int64_t row[kInts] = {order, call, role, seen.dtype, seen.device, t.storage_offset(),
                               t.is_contiguous() ? 1 : 0, seen.stats_index, s.intern(name), s.intern(arg),
@@ -341,7 +475,19 @@ PyObject* sc_take_order(PyObject* self, PyObject* /*unused*/) {
 PyObject* sc_forget(PyObject* self, PyObject* obj) {
   HANDLE_TH_ERRORS
   State& s = *reinterpret_cast<StepCaptureObject*>(self)->state;
-  if (THPVariable_Check(obj)) s.seen.erase(THPVariable_Unpack(obj).unsafeGetTensorImpl());
+  if (THPVariable_Check(obj)) {
+    flush_all(s);  // it may be waiting (a write without a version bump is coming or came)
+    s.seen.erase(THPVariable_Unpack(obj).unsafeGetTensorImpl());
+  }
+  Py_RETURN_NONE;
+  END_HANDLE_TH_ERRORS
+}
+
+// flush(): measures every waiting tensor now (before a write the version counter does not
+// show, such as a collective's, or before a CUDA graph capture begins).
+PyObject* sc_flush(PyObject* self, PyObject* /*unused*/) {
+  HANDLE_TH_ERRORS
+  flush_all(*reinterpret_cast<StepCaptureObject*>(self)->state);
   Py_RETURN_NONE;
   END_HANDLE_TH_ERRORS
 }
@@ -363,13 +509,43 @@ PyObject* ref_list(std::vector<Ref>& refs) {
   return list;
 }
 
+// take_late() -> the records measured after an in-place write since the last call, as
+// (name, role, arg) (each is measured at capture from then on).
+PyObject* sc_take_late(PyObject* self, PyObject* /*unused*/) {
+  HANDLE_TH_ERRORS
+  std::vector<std::string> late;
+  late.swap(reinterpret_cast<StepCaptureObject*>(self)->state->late);
+  PyObject* list = PyList_New(static_cast<Py_ssize_t>(late.size()));
+  if (list == nullptr) return nullptr;
+  for (size_t i = 0; i < late.size(); ++i) {
+    const std::string& k = late[i];
+    const size_t a = k.find('\0'), b = k.find('\0', a + 1);
+    PyObject* name = PyUnicode_FromStringAndSize(k.data(), static_cast<Py_ssize_t>(a));
+    PyObject* role = PyLong_FromLong(std::stol(k.substr(a + 1, b - a - 1)));
+    PyObject* arg = PyUnicode_FromStringAndSize(k.data() + b + 1, static_cast<Py_ssize_t>(k.size() - b - 1));
+    PyObject* item = name && role && arg ? PyTuple_Pack(3, name, role, arg) : nullptr;
+    Py_XDECREF(name);
+    Py_XDECREF(role);
+    Py_XDECREF(arg);
+    if (item == nullptr) {
+      Py_DECREF(list);
+      return nullptr;
+    }
+    PyList_SET_ITEM(list, static_cast<Py_ssize_t>(i), item);
+  }
+  return list;
+  END_HANDLE_TH_ERRORS
+}
+
 // finish() -> None when the step recorded nothing natively, else (ints int64 [n, 11]: order,
 // call, role, dtype id, device id, storage offset, contiguous, stats index, name, arg and kind
 // (indices into strings); ndims [n]; shapes; strides; strings; device names; each device's row
-// chunks). Starts a new step.
+// chunks). Measures what waits first; starts a new step.
 PyObject* sc_finish(PyObject* self, PyObject* /*unused*/) {
   HANDLE_TH_ERRORS
   State& s = *reinterpret_cast<StepCaptureObject*>(self)->state;
+  flush_all(s);
+  if (!s.ndims.empty()) s.watched_a_step = true;
   PyObject* out = Py_None;
   Py_INCREF(out);
   if (!s.ndims.empty()) {
@@ -404,18 +580,38 @@ PyObject* sc_len(PyObject* self, void* /*unused*/) {
   return PyLong_FromSize_t(reinterpret_cast<StepCaptureObject*>(self)->state->ndims.size());
 }
 
+PyObject* sc_stats_calls(PyObject* self, void* /*unused*/) {
+  return PyLong_FromLongLong(reinterpret_cast<StepCaptureObject*>(self)->state->stats_calls);
+}
+
+PyObject* sc_pending(PyObject* self, void* /*unused*/) {
+  size_t n = 0;
+  for (const DeviceRows& rows : reinterpret_cast<StepCaptureObject*>(self)->state->devices) {
+    for (const Pending& p : rows.pending) n += p.measured ? 0 : 1;
+  }
+  return PyLong_FromSize_t(n);
+}
+
 PyObject* sc_new(PyTypeObject* type, PyObject* /*args*/, PyObject* /*kwargs*/) {
   auto* self = reinterpret_cast<StepCaptureObject*>(type->tp_alloc(type, 0));
   if (self != nullptr) self->state = new State();
   return reinterpret_cast<PyObject*>(self);
 }
 
-// StepCapture(dtypes): record dtype ids index `dtypes` (a list of torch.dtype).
+// StepCapture(dtypes, defer="cuda"): record dtype ids index `dtypes` (a list of torch.dtype);
+// `defer` names the devices whose statistics are deferred: "cuda", "all" or "none".
 int sc_init(PyObject* self, PyObject* args, PyObject* kwargs) {
   PyObject* dtypes = nullptr;
-  static const char* kw[] = {"dtypes", nullptr};
-  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O", const_cast<char**>(kw), &dtypes)) return -1;
+  const char* defer = "cuda";
+  static const char* kw[] = {"dtypes", "defer", nullptr};
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|s", const_cast<char**>(kw), &dtypes, &defer)) return -1;
   State& s = *reinterpret_cast<StepCaptureObject*>(self)->state;
+  const std::string d(defer);
+  if (d != "cuda" && d != "all" && d != "none") {
+    PyErr_Format(PyExc_ValueError, "StepCapture: defer must be \"cuda\", \"all\" or \"none\", got \"%s\"", defer);
+    return -1;
+  }
+  s.defer = d == "cuda" ? Defer::kCuda : (d == "all" ? Defer::kAll : Defer::kNone);
   PyObject* seq = PySequence_Fast(dtypes, "StepCapture: dtypes must be a sequence of torch.dtype");
   if (seq == nullptr) return -1;
   s.dtype_id.fill(-1);
@@ -452,11 +648,16 @@ PyMethodDef sc_methods[] = {
      "capture_one(tensor, name, call, role, arg, kind) -> the record's order, or -1 when left to Python"},
     {"take_order", sc_take_order, METH_NOARGS, "the next order in the step, for a record made in Python"},
     {"forget", sc_forget, METH_O, "forget(tensor): do not reuse what was measured of it"},
+    {"flush", sc_flush, METH_NOARGS, "measures every tensor whose statistics wait, now"},
+    {"take_late", sc_take_late, METH_NOARGS, "(name, role, arg) of records measured after an in-place write"},
     {"finish", sc_finish, METH_NOARGS, "the step's columns and rows (None if empty); starts a new step"},
     {nullptr, nullptr, 0, nullptr}};
 
-PyGetSetDef sc_getset[] = {{"records", sc_len, nullptr, "records made natively in the open step", nullptr},
-                           {nullptr, nullptr, nullptr, nullptr, nullptr}};
+PyGetSetDef sc_getset[] = {
+    {"records", sc_len, nullptr, "records made natively in the open step", nullptr},
+    {"stats_calls", sc_stats_calls, nullptr, "statistics calls (CUDA: launches) made so far, all steps", nullptr},
+    {"pending", sc_pending, nullptr, "tensors whose statistics wait for the next flush", nullptr},
+    {nullptr, nullptr, nullptr, nullptr, nullptr}};
 
 PyTypeObject StepCaptureType = [] {
   PyTypeObject t{PyVarObject_HEAD_INIT(nullptr, 0)};

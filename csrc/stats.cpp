@@ -165,6 +165,12 @@ void stats_into_row_cpu(const at::Tensor& x, at::Tensor& out, int64_t row) {
   tensor_stats_into_cpu(x, out, row, std::nullopt);
 }
 
+StatsMultiIntoRows stats_multi_into_rows_cuda = nullptr;
+
+void stats_multi_into_rows_cpu(at::TensorList xs, at::Tensor& out, at::IntArrayRef rows) {
+  tensor_stats_multi_into_cpu(xs, out, rows, std::nullopt);
+}
+
 TORCH_LIBRARY_IMPL(accdump, CPU, m) {
   m.impl("tensor_stats", &tensor_stats_cpu);
   m.impl("tensor_stats_multi", &tensor_stats_multi_cpu);

@@ -114,10 +114,13 @@ at::Tensor tensor_stats_multi_cuda(at::TensorList xs) { return stats_cuda(xs, "t
 
 at::Tensor tensor_stats_cuda(const at::Tensor& x) { return stats_cuda({x}, "tensor_stats").squeeze(0); }
 
-// Makes the CUDA kernel reachable from the recorder's native capture (stats_glue.h).
+// Makes the CUDA kernels reachable from the recorder's native capture (stats_glue.h).
 const bool registered_stats_into_row = [] {
   stats_into_row_cuda = [](const at::Tensor& x, at::Tensor& out, int64_t row) {
     tensor_stats_into_cuda(x, out, row, std::nullopt);
+  };
+  stats_multi_into_rows_cuda = [](at::TensorList xs, at::Tensor& out, at::IntArrayRef rows) {
+    tensor_stats_multi_into_cuda(xs, out, rows, std::nullopt);
   };
   return true;
 }();

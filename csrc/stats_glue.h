@@ -41,4 +41,11 @@ void stats_into_row_cpu(const at::Tensor& x, at::Tensor& out, int64_t row);
 // Set by the CUDA glue when the extension is built with CUDA; null otherwise.
 extern StatsIntoRow stats_into_row_cuda;
 
+// tensor_stats_multi_into without the dispatcher (the capture's deferred statistics): each x[i]
+// into out[rows[i]], on out's device (CUDA: as few launches as the workspace allows, on the
+// current stream; the same bits as one stats_into_row call per tensor).
+using StatsMultiIntoRows = void (*)(at::TensorList xs, at::Tensor& out, at::IntArrayRef rows);
+void stats_multi_into_rows_cpu(at::TensorList xs, at::Tensor& out, at::IntArrayRef rows);
+extern StatsMultiIntoRows stats_multi_into_rows_cuda;
+
 }  // namespace accdump

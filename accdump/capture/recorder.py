@@ -97,14 +97,18 @@ def _stats_into_function() -> Any:
 
 def _native_capture(mode: str, level: str) -> Any:
     """An accdump._C.StepCapture for the hot path when it applies (module level, stats mode,
-    extension built), else None. ACCDUMP_CAPTURE=python keeps every capture in Python."""
+    extension built), else None. ACCDUMP_CAPTURE=python keeps every capture in Python;
+    ACCDUMP_DEFER (cuda, all or none) picks the devices whose statistics are taken in batches."""
     if mode != "stats" or level != "module" or os.environ.get("ACCDUMP_CAPTURE", "native") == "python":
         return None
     if not ops.native_available("cpu"):
         return None
     from accdump import _C
 
-    return _C.StepCapture(NATIVE_DTYPES)
+    defer = os.environ.get("ACCDUMP_DEFER", "cuda")
+    if defer not in ("cuda", "all", "none"):
+        raise AccdumpError(f"ACCDUMP_DEFER must be cuda, all or none, not {defer!r}")
+    return _C.StepCapture(NATIVE_DTYPES, defer=defer)
 
 
 def _segment_sink(writer: SegmentWriter) -> SegmentProcess | LocalSegments:
@@ -194,6 +198,7 @@ class Recorder:
         global _active
         if not self.filters.wants_rank(self.rank):
             return self  # this rank is filtered out: record nothing
+        native = _native_capture(self.mode, self.level)  # may raise: before anything starts
         with _active_lock:
             if _active is not None:
                 raise AccdumpError(
@@ -203,7 +208,7 @@ class Recorder:
             # strict: at most two steps queued, so that a failed write stops the program promptly
             self._writer = WriterThread(_segment_sink(writer), max_pending_steps=2 if self.strict else 32)
             _active = self
-        self._native = _native_capture(self.mode, self.level)
+        self._native = native
         self.enabled = True
         if self.model is not None:
             if type(self.model).__name__ == "OptimizedModule":
@@ -488,6 +493,8 @@ class Recorder:
 
     def _submit(self, buf: StepBuffer) -> None:
         finished = buf.native.finish() if buf.native is not None else None
+        if buf.native is not None:
+            _warn_late(buf.step, buf.native.take_late())
         if (not buf.captures and finished is None) or self._writer is None:
             return
         events = []
@@ -516,6 +523,8 @@ class Recorder:
             return  # a capture inside a capture: the outer one collects the probes
         if self._writer is not None:
             self._writer.drain()  # no CUDA call from the writer thread while the capture runs
+        if self._buf is not None and self._buf.native is not None:
+            self._buf.native.flush()  # statistics waiting for a launch are launched outside it
         probes = start_capture(self, graph)
         probes.saved_buf, self._buf = self._buf, probes.buf
         self._graph = probes
@@ -789,6 +798,8 @@ class Recorder:
         wanted = self.filters.wants_name(name.split("/", 1)[0])
         if wanted:
             self._capture_all(buf, inputs, name, call, _INPUT, op)
+        if buf.native is not None:
+            buf.native.flush()  # the collective may write what waits, with no version bump
         result = run()
         if outputs is not None:
             values = outputs()
@@ -845,6 +856,18 @@ class Recorder:
 
 _compiling = torch.compiler.is_compiling
 _warned_compiled: set[int] = set()
+
+
+def _warn_late(step: int, late: list[tuple[str, int, str]]) -> None:
+    """Warns of records whose statistics were taken after an in-place write (native capture's
+    deferred statistics, when the first step did not show the write)."""
+    for name, role, arg in late:
+        print(
+            f"accdump: step {step}: {name} {Role(role).name.lower()} {arg!r} was written in place after it "
+            "was captured and before its statistics were taken: they describe the tensor after the write. "
+            "It is measured when captured from now on (ACCDUMP_DEFER=none measures every tensor then).",
+            file=sys.stderr,
+        )
 
 
 def _warn_compiled(module: nn.Module) -> None:
