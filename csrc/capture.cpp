@@ -16,13 +16,17 @@
 // is full, a new rows chunk, another stream, forget(), flush(), the end of the step). That is
 // exact unless the tensor is written in place before the flush, which its version counter
 // shows. The first step therefore measures every tensor at once and only watches: a record
-// whose tensor was written in place within its window is measured at capture from then on.
+// whose tensor is written in place later in that step is measured at capture from then on.
 // A later write that the first step did not show is still caught by the version check: the
-// record is measured after the write and reported by take_late() (the recorder warns) and
-// measured at capture from then on. Deferred: tensors with a version counter (not inference
-// tensors) of at most kDeferMaxBytes, on the devices the `defer` option names.
+// record is measured after the write (not at all if the tensor's data moved) and reported by
+// take_late() (the recorder warns), and measured at capture from then on. Writes that bump no
+// version (a collective's, a CUDA graph replay's) get a flush() before them from the recorder;
+// raw kernels writing a captured tensor in place are the one thing deferral cannot see
+// (ACCDUMP_DEFER=none). Deferred: tensors with a version counter (not inference tensors)
+// whose storage holds at most kDeferMaxBytes, on the devices the `defer` option names.
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
+#include <c10/core/Event.h>
 #include <c10/core/StreamGuard.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <torch/csrc/Dtype.h>
@@ -62,16 +66,41 @@ struct Seen {
   int64_t stats_index;
 };
 
-// A captured tensor whose statistics wait for the next flush (or, in the first step, were
-// taken at once and are only watched for in-place writes).
+// A Python reference owned by the capture.
+struct Ref {
+  PyObject* p;
+  explicit Ref(PyObject* o) : p(o) { Py_INCREF(p); }
+  Ref(const Ref&) = delete;
+  Ref(Ref&& o) noexcept : p(o.p) { o.p = nullptr; }
+  Ref& operator=(Ref&& o) noexcept {
+    std::swap(p, o.p);
+    return *this;
+  }
+  ~Ref() { Py_XDECREF(p); }
+};
+
+// A record whose tensor's statistics wait for the next flush.
 struct Pending {
   at::Tensor tensor;  // kept alive: its memory is not reused before it is read
   int64_t version;
   const void* data;
   int64_t numel;
-  int64_t row;    // in the device's last chunk
-  bool measured;  // first step: measured at capture
+  int64_t row;  // in the device's last chunk
   std::string key;
+  Ref name, arg;
+  int64_t role;
+};
+
+// A tensor measured at capture in the first step, watched for in-place writes until its end.
+struct Watched {
+  c10::VariableVersion counter;  // shared with the tensor: outlives it without holding its memory
+  uint32_t version;
+  std::string key;
+};
+
+struct Late {
+  Ref name, arg;
+  int64_t role;
 };
 
 // A device's statistics rows in this step: float64 [kChunkRows, kStatsFields] chunks, and the
@@ -86,15 +115,6 @@ struct DeviceRows {
   std::vector<Pending> pending;
   int64_t pending_bytes = 0;
   std::optional<c10::Stream> pending_stream;
-};
-
-// A Python reference owned by the columns.
-struct Ref {
-  PyObject* p;
-  explicit Ref(PyObject* o) : p(o) { Py_INCREF(p); }
-  Ref(const Ref&) = delete;
-  Ref(Ref&& o) noexcept : p(o.p) { o.p = nullptr; }
-  ~Ref() { Py_XDECREF(p); }
 };
 
 struct State {
@@ -112,9 +132,11 @@ struct State {
   std::unordered_map<PyObject*, int64_t> string_index;
   Defer defer = Defer::kCuda;
   bool watched_a_step = false;  // a step has been watched: deferral may start
+  std::vector<Watched> watched;  // the first step's
   std::unordered_set<std::string> measure_at_capture;  // keys seen written in place
-  std::vector<std::string> late;  // keys measured after an in-place write in this step
-  int64_t stats_calls = 0;        // statistics calls made (launches on CUDA), over all steps
+  std::vector<Late> late;  // records measured after an in-place write, until take_late()
+  std::unordered_set<std::string> late_keys;
+  int64_t stats_calls = 0;  // statistics calls made (a batch: a launch per dtype), over all steps
 
   int64_t intern(PyObject* str) {
     auto it = string_index.find(str);
@@ -163,9 +185,10 @@ int64_t version_of(const at::Tensor& t) {
   return t.is_inference() ? -1 : static_cast<int64_t>(t.unsafeGetTensorImpl()->version_counter().current_version());
 }
 
-// Measures a device's pending tensors (one call for all: launches on their stream) and checks
-// each one's version: a tensor written in place since its capture is measured at capture from
-// now on, and if it was still waiting, its record is reported late.
+// Measures a device's pending tensors (one call for all, on their stream) and checks each
+// one's version: a tensor written in place since its capture is measured at capture from now
+// on, and its record is reported late (not measured at all if its data moved: its old storage
+// may be gone).
 void flush(State& s, DeviceRows& rows) {
   if (rows.pending.empty()) return;
   std::vector<Pending> batch;
@@ -175,36 +198,58 @@ void flush(State& s, DeviceRows& rows) {
   std::vector<int64_t> out_rows;
   for (Pending& p : batch) {
     const at::Tensor& t = p.tensor;
-    if (version_of(t) != p.version || t.const_data_ptr() != p.data || t.numel() != p.numel) {
-      if (!p.measured) s.late.push_back(p.key);
+    const bool moved = t.const_data_ptr() != p.data || t.numel() != p.numel;
+    if (moved || version_of(t) != p.version) {
+      if (s.late_keys.insert(p.key).second) s.late.push_back(Late{std::move(p.name), std::move(p.arg), p.role});
       s.measure_at_capture.insert(std::move(p.key));
     }
-    if (!p.measured) {
+    if (!moved) {
       xs.push_back(t);
       out_rows.push_back(p.row);
     }
   }
   if (xs.empty()) return;
-  std::optional<c10::StreamGuard> on_stream;
-  if (rows.pending_stream) on_stream.emplace(*rows.pending_stream);
-  rows.stats_multi_into(xs, rows.chunks.back(), out_rows);
+  if (!rows.pending_stream) {
+    rows.stats_multi_into(xs, rows.chunks.back(), out_rows);
+    ++s.stats_calls;
+    return;
+  }
+  const c10::Stream stream = *rows.pending_stream;
+  const c10::impl::DeviceGuardImplInterface* impl = c10::impl::getDeviceGuardImpl(stream.device_type());
+  const c10::Stream current = impl->getStream(stream.device());
+  {
+    const c10::StreamGuard on_stream(stream);
+    rows.stats_multi_into(xs, rows.chunks.back(), out_rows);
+  }
   ++s.stats_calls;
+  // the tensors' memory goes back to their allocation stream when released below: not before
+  // this stream has read it
+  for (const at::Tensor& t : xs) impl->recordDataPtrOnStream(t.storage().data_ptr(), stream);
+  if (current != stream) {  // what reads the rows next (the step's copy to the host) runs there
+    c10::Event done(stream.device_type());
+    done.record(stream);
+    done.block(current);
+  }
 }
 
 void flush_all(State& s) {
   for (DeviceRows& rows : s.devices) flush(s, rows);
 }
 
-// The key a record's deferral is learnt under: name, role and arg.
-std::string record_key(PyObject* name, int64_t role, PyObject* arg) {
+// The key a record's deferral is learnt under (name, role and arg; the lengths keep it
+// unambiguous), or nullopt when name or arg is not a str.
+std::optional<std::string> record_key(PyObject* name, int64_t role, PyObject* arg) {
   Py_ssize_t n = 0, a = 0;
-  const char* name_utf8 = PyUnicode_AsUTF8AndSize(name, &n);
-  const char* arg_utf8 = PyUnicode_AsUTF8AndSize(arg, &a);
-  if (name_utf8 == nullptr || arg_utf8 == nullptr) throw python_error();
-  std::string key;
-  key.reserve(static_cast<size_t>(n + a) + 4);
-  key.append(name_utf8, static_cast<size_t>(n)).push_back('\0');
-  key.append(std::to_string(role)).push_back('\0');
+  const char* name_utf8 = PyUnicode_Check(name) ? PyUnicode_AsUTF8AndSize(name, &n) : nullptr;
+  const char* arg_utf8 = name_utf8 != nullptr && PyUnicode_Check(arg) ? PyUnicode_AsUTF8AndSize(arg, &a) : nullptr;
+  if (arg_utf8 == nullptr) {
+    PyErr_Clear();
+    return std::nullopt;
+  }
+  std::string key = std::to_string(n);
+  key.push_back(':');
+  key.append(name_utf8, static_cast<size_t>(n));
+  key.append(std::to_string(role)).push_back(':');
   key.append(arg_utf8, static_cast<size_t>(a));
   return key;
 }
@@ -292,14 +337,15 @@ const Seen& measure(State& s, const at::Tensor& t, PyObject* name, int64_t role,
     s.devices.push_back(DeviceRows{dev, stats_into_for(dev), stats_multi_into_for(dev), defer});
   }
   DeviceRows& rows = s.devices[device];
-  const int64_t nbytes = t.numel() * static_cast<int64_t>(t.element_size());
-  std::string key;
-  bool watch = rows.defer && version >= 0 && nbytes <= kDeferMaxBytes && rows.stats_multi_into != nullptr;
-  if (watch) {
+  // what waiting would keep alive: the whole storage (a slice of a large tensor is not deferred)
+  const int64_t storage_bytes = static_cast<int64_t>(t.storage().nbytes());
+  std::optional<std::string> key;
+  if (rows.defer && version >= 0 && storage_bytes <= kDeferMaxBytes && rows.stats_multi_into != nullptr) {
     key = record_key(name, role, arg);
-    watch = s.measure_at_capture.count(key) == 0;
+    if (key && s.measure_at_capture.count(*key) != 0) key.reset();
   }
-  if (watch && !dev.is_cpu()) {
+  const bool defer_now = key && s.watched_a_step;
+  if (defer_now && !dev.is_cpu()) {
     const c10::Stream stream = c10::impl::getDeviceGuardImpl(dev.type())->getStream(dev);
     if (rows.pending_stream != stream) {
       flush(s, rows);
@@ -312,15 +358,15 @@ const Seen& measure(State& s, const at::Tensor& t, PyObject* name, int64_t role,
     rows.next_row = 0;
   }
   const int64_t row = rows.next_row++;
-  const bool defer_now = watch && s.watched_a_step;
-  if (!defer_now) {
+  if (defer_now) {
+    rows.pending.push_back(
+        Pending{t, version, t.const_data_ptr(), t.numel(), row, std::move(*key), Ref(name), Ref(arg), role});
+    rows.pending_bytes += storage_bytes;
+    if (rows.pending.size() >= kPendingMax || rows.pending_bytes >= kPendingMaxBytes) flush(s, rows);
+  } else {
     rows.stats_into(t, rows.chunks.back(), row);
     ++s.stats_calls;
-  }
-  if (watch) {
-    rows.pending.push_back(Pending{t, version, t.const_data_ptr(), t.numel(), row, !defer_now, std::move(key)});
-    rows.pending_bytes += nbytes;
-    if (rows.pending.size() >= kPendingMax || rows.pending_bytes >= kPendingMaxBytes) flush(s, rows);
+    if (key) s.watched.push_back(Watched{impl->version_counter(), static_cast<uint32_t>(version), std::move(*key)});
   }
   const int64_t index = static_cast<int64_t>(rows.chunks.size() - 1) * kChunkRows + row;
   Seen entry{c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>(t.getIntrusivePtr()), version,
@@ -379,16 +425,17 @@ int64_t collect(State& s, PyObject* obj, PyObject* key, int depth, PyObject* nam
   int64_t count = 0;
   auto visit = [&](PyObject* k, Py_ssize_t index, PyObject* v) -> bool {
     if (is_leaf(v)) return true;
-    PyObject* child = child_key(s, key, k, index);
-    if (child == nullptr) return false;
+    PyObject* new_key = child_key(s, key, k, index);
+    if (new_key == nullptr) return false;
+    const Ref child(new_key);  // released on every way out, a C++ exception's included
+    Py_DECREF(new_key);
     int64_t n = 0;
     if (THPVariable_Check(v)) {  // flatten.py: `child or "0"`
-      record(s, v, name, call, role, PyUnicode_GET_LENGTH(child) ? child : s.index_keys[0].p, kind);
+      record(s, v, name, call, role, PyUnicode_GET_LENGTH(child.p) ? child.p : s.index_keys[0].p, kind);
       n = 1;
     } else {
-      n = collect(s, v, child, depth + 1, name, call, role, kind);
+      n = collect(s, v, child.p, depth + 1, name, call, role, kind);
     }
-    Py_DECREF(child);
     if (n < 0) return false;
     count += n;
     return true;
@@ -513,20 +560,16 @@ PyObject* ref_list(std::vector<Ref>& refs) {
 // (name, role, arg) (each is measured at capture from then on).
 PyObject* sc_take_late(PyObject* self, PyObject* /*unused*/) {
   HANDLE_TH_ERRORS
-  std::vector<std::string> late;
-  late.swap(reinterpret_cast<StepCaptureObject*>(self)->state->late);
+  State& s = *reinterpret_cast<StepCaptureObject*>(self)->state;
+  std::vector<Late> late;
+  late.swap(s.late);
+  s.late_keys.clear();
   PyObject* list = PyList_New(static_cast<Py_ssize_t>(late.size()));
   if (list == nullptr) return nullptr;
   for (size_t i = 0; i < late.size(); ++i) {
-    const std::string& k = late[i];
-    const size_t a = k.find('\0'), b = k.find('\0', a + 1);
-    PyObject* name = PyUnicode_FromStringAndSize(k.data(), static_cast<Py_ssize_t>(a));
-    PyObject* role = PyLong_FromLong(std::stol(k.substr(a + 1, b - a - 1)));
-    PyObject* arg = PyUnicode_FromStringAndSize(k.data() + b + 1, static_cast<Py_ssize_t>(k.size() - b - 1));
-    PyObject* item = name && role && arg ? PyTuple_Pack(3, name, role, arg) : nullptr;
-    Py_XDECREF(name);
+    PyObject* role = PyLong_FromLongLong(late[i].role);
+    PyObject* item = role != nullptr ? PyTuple_Pack(3, late[i].name.p, role, late[i].arg.p) : nullptr;
     Py_XDECREF(role);
-    Py_XDECREF(arg);
     if (item == nullptr) {
       Py_DECREF(list);
       return nullptr;
@@ -537,34 +580,12 @@ PyObject* sc_take_late(PyObject* self, PyObject* /*unused*/) {
   END_HANDLE_TH_ERRORS
 }
 
-// finish() -> None when the step recorded nothing natively, else (ints int64 [n, 11]: order,
-// call, role, dtype id, device id, storage offset, contiguous, stats index, name, arg and kind
-// (indices into strings); ndims [n]; shapes; strides; strings; device names; each device's row
-// chunks). Measures what waits first; starts a new step.
-PyObject* sc_finish(PyObject* self, PyObject* /*unused*/) {
-  HANDLE_TH_ERRORS
-  State& s = *reinterpret_cast<StepCaptureObject*>(self)->state;
-  flush_all(s);
-  if (!s.ndims.empty()) s.watched_a_step = true;
-  PyObject* out = Py_None;
-  Py_INCREF(out);
-  if (!s.ndims.empty()) {
-    Py_DECREF(out);
-    PyObject* devices = PyList_New(static_cast<Py_ssize_t>(s.devices.size()));
-    PyObject* chunks = PyList_New(static_cast<Py_ssize_t>(s.devices.size()));
-    for (size_t d = 0; d < s.devices.size(); ++d) {
-      PyList_SET_ITEM(devices, d, PyUnicode_FromString(s.devices[d].device.str().c_str()));
-      PyObject* list = PyList_New(static_cast<Py_ssize_t>(s.devices[d].chunks.size()));
-      for (size_t c = 0; c < s.devices[d].chunks.size(); ++c) {
-        PyList_SET_ITEM(list, c, THPVariable_Wrap(s.devices[d].chunks[c]));
-      }
-      PyList_SET_ITEM(chunks, d, list);
-    }
-    out = Py_BuildValue("(NNNNNNN)", int_tensor(s.ints, kInts), int_tensor(s.ndims, 1), int_tensor(s.shapes, 1),
-                        int_tensor(s.strides, 1), ref_list(s.strings), devices, chunks);
-  }
+// Forgets the open step: a new one starts.
+void reset_step(State& s) {
+  for (DeviceRows& rows : s.devices) rows.pending.clear();
   s.devices.clear();
   s.seen.clear();
+  s.watched.clear();
   s.next_order = 0;
   s.ints.clear();
   s.ndims.clear();
@@ -572,6 +593,51 @@ PyObject* sc_finish(PyObject* self, PyObject* /*unused*/) {
   s.strides.clear();
   s.string_index.clear();
   s.strings.clear();
+}
+
+// Ends the watched first step: records whose tensors were written in place after their
+// capture are measured at capture from now on.
+void end_watch(State& s) {
+  if (s.watched_a_step || s.ndims.empty()) return;
+  for (const Watched& w : s.watched) {
+    if (w.counter.current_version() != w.version) s.measure_at_capture.insert(w.key);
+  }
+  s.watched_a_step = true;
+}
+
+// finish() -> None when the step recorded nothing natively, else (ints int64 [n, 11]: order,
+// call, role, dtype id, device id, storage offset, contiguous, stats index, name, arg and kind
+// (indices into strings); ndims [n]; shapes; strides; strings; device names; each device's row
+// chunks). Measures what waits first; starts a new step (also when it raises).
+PyObject* sc_finish(PyObject* self, PyObject* /*unused*/) {
+  HANDLE_TH_ERRORS
+  State& s = *reinterpret_cast<StepCaptureObject*>(self)->state;
+  PyObject* out = nullptr;
+  try {
+    flush_all(s);
+    end_watch(s);
+    if (s.ndims.empty()) {
+      Py_INCREF(Py_None);
+      out = Py_None;
+    } else {
+      PyObject* devices = PyList_New(static_cast<Py_ssize_t>(s.devices.size()));
+      PyObject* chunks = PyList_New(static_cast<Py_ssize_t>(s.devices.size()));
+      for (size_t d = 0; devices != nullptr && chunks != nullptr && d < s.devices.size(); ++d) {
+        PyList_SET_ITEM(devices, d, PyUnicode_FromString(s.devices[d].device.str().c_str()));
+        PyObject* list = PyList_New(static_cast<Py_ssize_t>(s.devices[d].chunks.size()));
+        for (size_t c = 0; list != nullptr && c < s.devices[d].chunks.size(); ++c) {
+          PyList_SET_ITEM(list, c, THPVariable_Wrap(s.devices[d].chunks[c]));
+        }
+        PyList_SET_ITEM(chunks, d, list);
+      }
+      out = Py_BuildValue("(NNNNNNN)", int_tensor(s.ints, kInts), int_tensor(s.ndims, 1), int_tensor(s.shapes, 1),
+                          int_tensor(s.strides, 1), ref_list(s.strings), devices, chunks);
+    }
+  } catch (...) {
+    reset_step(s);
+    throw;
+  }
+  reset_step(s);
   return out;
   END_HANDLE_TH_ERRORS
 }
@@ -587,7 +653,7 @@ PyObject* sc_stats_calls(PyObject* self, void* /*unused*/) {
 PyObject* sc_pending(PyObject* self, void* /*unused*/) {
   size_t n = 0;
   for (const DeviceRows& rows : reinterpret_cast<StepCaptureObject*>(self)->state->devices) {
-    for (const Pending& p : rows.pending) n += p.measured ? 0 : 1;
+    n += rows.pending.size();
   }
   return PyLong_FromSize_t(n);
 }
@@ -655,7 +721,7 @@ PyMethodDef sc_methods[] = {
 
 PyGetSetDef sc_getset[] = {
     {"records", sc_len, nullptr, "records made natively in the open step", nullptr},
-    {"stats_calls", sc_stats_calls, nullptr, "statistics calls (CUDA: launches) made so far, all steps", nullptr},
+    {"stats_calls", sc_stats_calls, nullptr, "statistics calls made so far, all steps (a batch is one)", nullptr},
     {"pending", sc_pending, nullptr, "tensors whose statistics wait for the next flush", nullptr},
     {nullptr, nullptr, nullptr, nullptr, nullptr}};
 

@@ -312,6 +312,9 @@ class GraphHooks:
                     rec._graph_capture_end(graph)
 
         def replay(graph: Any, *args: Any, **kwargs: Any) -> Any:
+            rec = rec_ref()
+            if rec is not None and rec._buf is not None and rec._buf.native is not None:
+                rec._buf.native.flush()  # the replay rewrites tensors with no version bump
             result = originals["replay"](graph, *args, **kwargs)
             rec = rec_ref()
             probes = getattr(graph, "_accdump_probes", None)

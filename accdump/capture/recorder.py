@@ -864,8 +864,9 @@ def _warn_late(step: int, late: list[tuple[str, int, str]]) -> None:
     for name, role, arg in late:
         print(
             f"accdump: step {step}: {name} {Role(role).name.lower()} {arg!r} was written in place after it "
-            "was captured and before its statistics were taken: they describe the tensor after the write. "
-            "It is measured when captured from now on (ACCDUMP_DEFER=none measures every tensor then).",
+            "was captured and before its statistics were taken: they describe the tensor after the write "
+            "(or, if its data moved, are all zero). It is measured when captured from now on "
+            "(ACCDUMP_DEFER=none measures every tensor then).",
             file=sys.stderr,
         )
 

@@ -143,12 +143,47 @@ def test_flush_points() -> None:
 def test_a_chunk_boundary_flushes_and_every_row_lands() -> None:
     cap = _capture("all")
     _watched(cap, "cpu")
+    with torch.inference_mode():
+        first = torch.full((3,), -1.0)  # measured at capture: the batches end off the chunk's end
+    cap.capture(first, "first", 0, 1, "K")
     xs = [torch.full((3,), float(i)) for i in range(CHUNK_ROWS + 5)]
     for i, x in enumerate(xs):
         cap.capture(x, f"m{i}", 0, 1, "K")
+        if i == CHUNK_ROWS - 2:
+            assert cap.pending == 63  # rows 193..255 wait; the next row opens a chunk
+        if i == CHUNK_ROWS - 1:
+            assert cap.pending == 1
     finished = cap.finish()
     assert [len(c) for c in finished[6][0]] == [CHUNK_ROWS, CHUNK_ROWS]
-    assert [r[MEAN].item() for r in _stats_by_record(finished)] == [float(i) for i in range(len(xs))]
+    means = [r[MEAN].item() for r in _stats_by_record(finished)]
+    assert means == [-1.0] + [float(i) for i in range(len(xs))]
+
+
+def test_a_tensor_whose_data_moved_is_not_read_and_is_reported() -> None:
+    cap = _capture("all")
+    _watched(cap, "cpu")
+    x = torch.full((64,), 2.0)
+    cap.capture(x, "m", 0, 1, "K")
+    x.set_(torch.full((8,), 9.0))  # new storage: the captured one may be gone
+    finished = cap.finish()
+    count = ops.STATS_FIELDS.index("count")
+    assert _stats_by_record(finished)[0][count].item() == 0  # the row was never written
+    assert cap.take_late() == [("m", 1, "0")]
+
+
+def test_slices_of_a_large_storage_and_repeated_late_records() -> None:
+    cap = _capture("all")
+    _watched(cap, "cpu")
+    big = torch.randn(5 << 20)  # 20 MiB: a slice would keep all of it alive
+    cap.capture(big[:10], "slice", 0, 1, "K")
+    assert cap.pending == 0
+    xs = [torch.ones(4) for _ in range(3)]
+    for call, x in enumerate(xs):
+        cap.capture(x, "act", call, 1, "K")  # three calls of one module, one key
+    for x in xs:
+        x.add_(1)
+    cap.finish()
+    assert cap.take_late() == [("act", 1, "0")]  # said once
 
 
 def test_inference_tensors_are_never_deferred() -> None:
