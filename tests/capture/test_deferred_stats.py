@@ -265,3 +265,34 @@ def test_a_bad_defer_setting_is_named(tmp_path: object, monkeypatch: pytest.Monk
     with pytest.raises(accdump.AccdumpError, match="ACCDUMP_DEFER"):
         accdump.record(nn.Linear(2, 2), tmp_path / "d").start()
     assert active_recorder() is None  # nothing was left started
+
+
+class WritesAfterCollective(nn.Module):
+    """A parent whose child's output is then written by a 'collective' (no version bump)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act(x)
+        rec = active_recorder()
+        assert rec is not None
+        rec.collective("all_reduce", (h,), lambda: h.data.mul_(4), lambda: (h,))  # .data: no version bump
+        return h
+
+
+def test_a_collective_first_measures_what_waits(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ACCDUMP_DEFER", "all")
+    model = WritesAfterCollective()
+    x = torch.rand(4, 16) + 0.5
+    with torch.no_grad(), accdump.record(model, tmp_path / "d"):
+        for _ in range(3):
+            model(x)
+    dump = accdump.load(tmp_path / "d")
+    want = x.mean(dtype=torch.float64).item()
+    for step in range(3):
+        (out,) = [r for r in dump.records(step=step) if r.name == "act" and r.role == Role.OUTPUT]
+        (after,) = [r for r in dump.records(step=step) if "all_reduce" in r.name and r.role == Role.OUTPUT]
+        assert out.stats.mean == pytest.approx(want, rel=1e-12), step  # measured before the write
+        assert after.stats.mean == pytest.approx(4 * want, rel=1e-12), step
