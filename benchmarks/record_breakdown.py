@@ -14,6 +14,12 @@ which other tenants of a shared host do not change) and charges each difference 
   python capture  "capture" done in Python (ACCDUMP_CAPTURE=python), charged against "wrappers"
   writer thread   "writer" with the HDF5 file written in the writer thread (ACCDUMP_WRITER=thread),
                   charged against "capture"
+and with --capture-parts, "capture" split in two:
+  capture: calls  the recorder's per-call Python (entering and leaving every module, the steps)
+                  with the native capture finding nothing, charged against "wrappers"; "capture"
+                  minus this is the native capture itself
+  capture: no deferral  "capture" with every statistics launched at capture (ACCDUMP_DEFER=none),
+                  charged against "capture"
 and also the host cost of one statistics op call through torch.ops on a small tensor.
 
     python benchmarks/record_breakdown.py                  # GPU: bench_record's H100 preset
@@ -84,6 +90,19 @@ def _write_partly(columns: bool, items: list[Any]) -> None:
             step_columns(p)
 
 
+class _FindsNothing:
+    """A StepCapture stand-in whose capture() records nothing (the rest is the real one's)."""
+
+    def __init__(self, native: Any):
+        self._native = native
+
+    def capture(self, *args: Any) -> int:
+        return 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._native, name)
+
+
 def op_host_us(device: str, dtype: torch.dtype) -> float:
     """Host time of one tensor_stats_into call on a [1, 4096] tensor (launch only on CUDA)."""
     x = torch.randn(1, 4096, device=device).to(dtype)
@@ -111,6 +130,11 @@ def main() -> None:
         action="store_true",
         help="also split 'writer': the writer thread only waiting on each step's events, and "
         "waiting then building the step's columns (nothing sent to the segment writer)",
+    )
+    ap.add_argument(
+        "--capture-parts",
+        action="store_true",
+        help="also split 'capture': the per-call Python alone, and every statistics launched at capture",
     )
     args = ap.parse_args()
     p = PRESETS["gpu"] if args.preset == "gpu" else TINY
@@ -140,9 +164,14 @@ def main() -> None:
                 os.environ["ACCDUMP_WRITER"] = "thread"
             if part == "python capture":
                 os.environ["ACCDUMP_CAPTURE"] = "python"
+            if part == "capture: no deferral":
+                os.environ["ACCDUMP_DEFER"] = "none"
             with accdump.record(model, tmp / part.replace(" ", "_").replace(":", ""), overwrite=True) as rec:
                 os.environ.pop("ACCDUMP_WRITER", None)
                 os.environ.pop("ACCDUMP_CAPTURE", None)
+                os.environ.pop("ACCDUMP_DEFER", None)
+                if part == "capture: calls":
+                    rec._native = _FindsNothing(rec._native)
                 if not part.startswith("writer"):
                     rec._writer.submit = lambda payload: None  # type: ignore[method-assign,union-attr]
                 elif part in ("writer: wait", "writer: columns"):
@@ -159,6 +188,9 @@ def main() -> None:
     if args.writer_parts:
         parts += ("writer: wait", "writer: columns")
         charged_against.update({"writer: wait": "capture", "writer: columns": "writer: wait"})
+    if args.capture_parts:
+        parts += ("capture: calls", "capture: no deferral")
+        charged_against.update({"capture: calls": "wrappers", "capture: no deferral": "capture"})
     times: dict[str, list[float]] = {part: [] for part in parts}
     cpu_times: dict[str, list[float]] = {part: [] for part in parts}
     for r in range(args.rounds):

@@ -34,6 +34,7 @@
 #include <torch/csrc/autograd/python_variable.h>
 
 #include <array>
+#include <chrono>
 #include <cstring>
 #include <optional>
 #include <string>
@@ -41,6 +42,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "capture.h"
 #include "stats_glue.h"
 
 namespace accdump {
@@ -57,6 +59,11 @@ constexpr int64_t kPendingMaxBytes = int64_t{64} << 20;
 constexpr size_t kPendingMax = 64;
 
 enum class Defer { kNone, kCuda, kAll };
+
+// Parts of the capture whose host time StepCapture(timing=True) adds up (timings).
+enum Part : int { kCaptureCall, kWalk, kMeasure, kFlush, kStatsCall, kRecordStream, kNewChunk, kFinish, kParts };
+constexpr const char* kPartNames[kParts] = {"capture", "walk",     "measure",   "flush",
+                                            "stats_call", "record_stream", "new_chunk", "finish"};
 
 // A tensor already measured in this step: reused while it is the same tensor, unchanged.
 struct Seen {
@@ -137,6 +144,8 @@ struct State {
   std::vector<Late> late;  // records measured after an in-place write, until take_late()
   std::unordered_set<std::string> late_keys;
   int64_t stats_calls = 0;  // statistics calls made (a batch: a launch per dtype), over all steps
+  bool timing = false;
+  std::array<int64_t, kParts> part_ns{}, part_calls{};
 
   int64_t intern(PyObject* str) {
     auto it = string_index.find(str);
@@ -146,6 +155,27 @@ struct State {
     string_index.emplace(str, index);
     return index;
   }
+};
+
+// Adds the host time of its scope to a part's total, when the capture is timed.
+class PartTimer {
+ public:
+  PartTimer(State& s, Part part) : s_(s), part_(part), on_(s.timing) {
+    if (on_) t0_ = std::chrono::steady_clock::now();
+  }
+  PartTimer(const PartTimer&) = delete;
+  PartTimer& operator=(const PartTimer&) = delete;
+  ~PartTimer() {
+    if (!on_) return;
+    s_.part_ns[part_] += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0_).count();
+    ++s_.part_calls[part_];
+  }
+
+ private:
+  State& s_;
+  Part part_;
+  bool on_;
+  std::chrono::steady_clock::time_point t0_;
 };
 
 // Columns of the int64 table finish() returns.
@@ -191,6 +221,7 @@ int64_t version_of(const at::Tensor& t) {
 // may be gone).
 void flush(State& s, DeviceRows& rows) {
   if (rows.pending.empty()) return;
+  const PartTimer timer(s, kFlush);
   std::vector<Pending> batch;
   batch.swap(rows.pending);
   rows.pending_bytes = 0;
@@ -210,6 +241,7 @@ void flush(State& s, DeviceRows& rows) {
   }
   if (xs.empty()) return;
   if (!rows.pending_stream) {
+    const PartTimer call(s, kStatsCall);
     rows.stats_multi_into(xs, rows.chunks.back(), out_rows);
     ++s.stats_calls;
     return;
@@ -219,12 +251,16 @@ void flush(State& s, DeviceRows& rows) {
   const c10::Stream current = impl->getStream(stream.device());
   {
     const c10::StreamGuard on_stream(stream);
+    const PartTimer call(s, kStatsCall);
     rows.stats_multi_into(xs, rows.chunks.back(), out_rows);
   }
   ++s.stats_calls;
   // the tensors' memory goes back to their allocation stream when released below: not before
   // this stream has read it
-  for (const at::Tensor& t : xs) impl->recordDataPtrOnStream(t.storage().data_ptr(), stream);
+  {
+    const PartTimer record_stream(s, kRecordStream);
+    for (const at::Tensor& t : xs) impl->recordDataPtrOnStream(t.storage().data_ptr(), stream);
+  }
   if (current != stream) {  // what reads the rows next (the step's copy to the host) runs there
     c10::Event done(stream.device_type());
     done.record(stream);
@@ -258,8 +294,28 @@ bool is_leaf(PyObject* v) {
   return v == Py_None || PyLong_Check(v) || PyFloat_Check(v) || PyUnicode_Check(v);  // bool is a long
 }
 
+// Whether `v`'s class has __dataclass_fields__ (dataclasses.is_dataclass), looked up along its
+// MRO: a failed attribute lookup would build and drop an AttributeError on every call.
 bool is_dataclass_instance(PyObject* v) {
-  return !PyType_Check(v) && PyObject_HasAttrString(reinterpret_cast<PyObject*>(Py_TYPE(v)), "__dataclass_fields__");
+  static PyObject* const fields = PyUnicode_InternFromString("__dataclass_fields__");
+  PyObject* mro = Py_TYPE(v)->tp_mro;
+  if (PyType_Check(v) || fields == nullptr || mro == nullptr || !PyTuple_Check(mro)) return false;
+  for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(mro); ++i) {
+    PyObject* dict = reinterpret_cast<PyTypeObject*>(PyTuple_GET_ITEM(mro, i))->tp_dict;
+    if (dict == nullptr) continue;  // a static builtin type (3.12): none has the attribute
+    const int found = PyDict_Contains(dict, fields);
+    if (found < 0) PyErr_Clear();  // as hasattr() would
+    if (found == 1) return true;
+  }
+  return false;
+}
+
+// torch.Tensor or a subclass of it; containers are answered without isinstance(), which is
+// slow for anything but a tensor.
+bool is_tensor(PyObject* v) {
+  if (THPVariable_CheckExact(v)) return true;
+  if (PyTuple_Check(v) || PyList_Check(v) || PyDict_Check(v)) return false;
+  return THPVariable_Check(v);
 }
 
 // The (key, value) pairs of a dict subclass as its items() gives them (flatten.py calls items():
@@ -287,7 +343,7 @@ PyObject* subclass_items(PyObject* obj) {
 // flatten.py walks it. Anything else (an unsupported tensor, a dict or list subclass, a
 // dataclass) leaves the whole value to Python.
 bool walkable(const State& s, PyObject* obj, int depth) {
-  if (THPVariable_Check(obj)) return supported(s, obj);
+  if (is_tensor(obj)) return supported(s, obj);
   if (depth >= kMaxDepth) return true;  // flatten.py looks no deeper
   const bool tuple = PyTuple_Check(obj), list = PyList_CheckExact(obj), dict = PyDict_CheckExact(obj);
   if (!tuple && !list && !dict) {
@@ -325,6 +381,7 @@ bool walkable(const State& s, PyObject* obj, int depth) {
 // row unless it was measured in this step and has not changed since; returns its Seen entry.
 // The statistics are taken now or at the next flush (see the top).
 const Seen& measure(State& s, const at::Tensor& t, PyObject* name, int64_t role, PyObject* arg) {
+  const PartTimer timer(s, kMeasure);
   c10::TensorImpl* impl = t.unsafeGetTensorImpl();
   const int64_t version = version_of(t);
   auto it = s.seen.find(impl);
@@ -354,6 +411,7 @@ const Seen& measure(State& s, const at::Tensor& t, PyObject* name, int64_t role,
   }
   if (rows.next_row == kChunkRows) {
     flush(s, rows);  // pending rows are in the last chunk
+    const PartTimer new_chunk(s, kNewChunk);
     rows.chunks.push_back(at::zeros({kChunkRows, kStatsFields}, at::TensorOptions().dtype(at::kDouble).device(dev)));
     rows.next_row = 0;
   }
@@ -364,6 +422,7 @@ const Seen& measure(State& s, const at::Tensor& t, PyObject* name, int64_t role,
     rows.pending_bytes += storage_bytes;
     if (rows.pending.size() >= kPendingMax || rows.pending_bytes >= kPendingMaxBytes) flush(s, rows);
   } else {
+    const PartTimer call(s, kStatsCall);
     rows.stats_into(t, rows.chunks.back(), row);
     ++s.stats_calls;
     if (key) s.watched.push_back(Watched{impl->version_counter(), static_cast<uint32_t>(version), std::move(*key)});
@@ -430,7 +489,7 @@ int64_t collect(State& s, PyObject* obj, PyObject* key, int depth, PyObject* nam
     const Ref child(new_key);  // released on every way out, a C++ exception's included
     Py_DECREF(new_key);
     int64_t n = 0;
-    if (THPVariable_Check(v)) {  // flatten.py: `child or "0"`
+    if (is_tensor(v)) {  // flatten.py: `child or "0"`
       record(s, v, name, call, role, PyUnicode_GET_LENGTH(child.p) ? child.p : s.index_keys[0].p, kind);
       n = 1;
     } else {
@@ -481,6 +540,24 @@ bool check_nargs(Py_ssize_t n, Py_ssize_t want, const char* method) {
   return false;
 }
 
+// Records the tensors in `value`: how many, -1 when the value is left to Python (nothing
+// recorded), or -2 with a Python error set.
+int64_t capture_value(State& s, PyObject* value, PyObject* name, int64_t call, int64_t role, PyObject* kind) {
+  const PartTimer timer(s, kCaptureCall);
+  bool ok;
+  {
+    const PartTimer walk(s, kWalk);
+    ok = walkable(s, value, 0);
+  }
+  if (!ok) return -1;
+  if (is_tensor(value)) {
+    record(s, value, name, call, role, s.index_keys[0].p, kind);
+    return 1;
+  }
+  const int64_t count = collect(s, value, nullptr, 0, name, call, role, kind);
+  return count < 0 ? -2 : count;
+}
+
 // capture(value, name, call, role, kind) -> records made, or -1 (nothing recorded: Python's turn)
 PyObject* sc_capture(PyObject* self, PyObject* const* a, Py_ssize_t n) {
   HANDLE_TH_ERRORS
@@ -488,14 +565,8 @@ PyObject* sc_capture(PyObject* self, PyObject* const* a, Py_ssize_t n) {
   State& s = *reinterpret_cast<StepCaptureObject*>(self)->state;
   int64_t call, role;
   if (!parse_common(a, call, role)) return nullptr;
-  PyObject* value = a[0];
-  if (!walkable(s, value, 0)) return PyLong_FromLong(-1);
-  if (THPVariable_Check(value)) {
-    record(s, value, a[1], call, role, s.index_keys[0].p, a[4]);
-    return PyLong_FromLong(1);
-  }
-  const int64_t count = collect(s, value, nullptr, 0, a[1], call, role, a[4]);
-  if (count < 0) return nullptr;
+  const int64_t count = capture_value(s, a[0], a[1], call, role, a[4]);
+  if (count == -2) return nullptr;
   return PyLong_FromLongLong(count);
   END_HANDLE_TH_ERRORS
 }
@@ -612,6 +683,7 @@ void end_watch(State& s) {
 PyObject* sc_finish(PyObject* self, PyObject* /*unused*/) {
   HANDLE_TH_ERRORS
   State& s = *reinterpret_cast<StepCaptureObject*>(self)->state;
+  const PartTimer timer(s, kFinish);
   PyObject* out = nullptr;
   try {
     flush_all(s);
@@ -658,20 +730,38 @@ PyObject* sc_pending(PyObject* self, void* /*unused*/) {
   return PyLong_FromSize_t(n);
 }
 
+// timings -> {part: (times, seconds)} of host time in the capture's parts since it was made
+// (StepCapture(timing=True); parts nest: measure holds the flushes a full batch starts).
+PyObject* sc_timings(PyObject* self, void* /*unused*/) {
+  const State& s = *reinterpret_cast<StepCaptureObject*>(self)->state;
+  PyObject* out = PyDict_New();
+  for (int p = 0; out != nullptr && p < kParts; ++p) {
+    PyObject* v = Py_BuildValue("(Ld)", static_cast<long long>(s.part_calls[p]), static_cast<double>(s.part_ns[p]) * 1e-9);
+    if (v == nullptr || PyDict_SetItemString(out, kPartNames[p], v) < 0) Py_CLEAR(out);
+    Py_XDECREF(v);
+  }
+  return out;
+}
+
 PyObject* sc_new(PyTypeObject* type, PyObject* /*args*/, PyObject* /*kwargs*/) {
   auto* self = reinterpret_cast<StepCaptureObject*>(type->tp_alloc(type, 0));
   if (self != nullptr) self->state = new State();
   return reinterpret_cast<PyObject*>(self);
 }
 
-// StepCapture(dtypes, defer="cuda"): record dtype ids index `dtypes` (a list of torch.dtype);
-// `defer` names the devices whose statistics are deferred: "cuda", "all" or "none".
+// StepCapture(dtypes, defer="cuda", *, timing=False): record dtype ids index `dtypes` (a list of
+// torch.dtype); `defer` names the devices whose statistics are deferred: "cuda", "all" or
+// "none"; `timing` adds up the host time of the capture's parts (timings).
 int sc_init(PyObject* self, PyObject* args, PyObject* kwargs) {
   PyObject* dtypes = nullptr;
   const char* defer = "cuda";
-  static const char* kw[] = {"dtypes", "defer", nullptr};
-  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|s", const_cast<char**>(kw), &dtypes, &defer)) return -1;
+  int timing = 0;
+  static const char* kw[] = {"dtypes", "defer", "timing", nullptr};
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|s$p", const_cast<char**>(kw), &dtypes, &defer, &timing)) {
+    return -1;
+  }
   State& s = *reinterpret_cast<StepCaptureObject*>(self)->state;
+  s.timing = timing != 0;
   const std::string d(defer);
   if (d != "cuda" && d != "all" && d != "none") {
     PyErr_Format(PyExc_ValueError, "StepCapture: defer must be \"cuda\", \"all\" or \"none\", got \"%s\"", defer);
@@ -723,6 +813,7 @@ PyGetSetDef sc_getset[] = {
     {"records", sc_len, nullptr, "records made natively in the open step", nullptr},
     {"stats_calls", sc_stats_calls, nullptr, "statistics calls made so far, all steps (a batch is one)", nullptr},
     {"pending", sc_pending, nullptr, "tensors whose statistics wait for the next flush", nullptr},
+    {"timings", sc_timings, nullptr, "{part: (times, seconds)} of host time, with StepCapture(timing=True)", nullptr},
     {nullptr, nullptr, nullptr, nullptr, nullptr}};
 
 PyTypeObject StepCaptureType = [] {
@@ -742,7 +833,16 @@ PyTypeObject StepCaptureType = [] {
 }  // namespace
 }  // namespace accdump
 
-// Adds StepCapture to the extension module (ops.cpp); -1 with a Python error on failure.
+bool accdump_is_step_capture(PyObject* obj) { return Py_TYPE(obj) == &accdump::StepCaptureType; }
+
+int64_t accdump_step_capture(PyObject* step_capture, PyObject* value, PyObject* name, int64_t call, int64_t role,
+                             PyObject* kind) {
+  HANDLE_TH_ERRORS
+  accdump::State& s = *reinterpret_cast<accdump::StepCaptureObject*>(step_capture)->state;
+  return accdump::capture_value(s, value, name, call, role, kind);
+  END_HANDLE_TH_ERRORS_RET(-2)
+}
+
 int accdump_add_capture_type(PyObject* module) {
   if (PyType_Ready(&accdump::StepCaptureType) < 0) return -1;
   Py_INCREF(&accdump::StepCaptureType);

@@ -3,7 +3,7 @@
 #include <Python.h>
 #include <torch/library.h>
 
-int accdump_add_capture_type(PyObject* module);  // capture.cpp
+#include "capture.h"
 namespace accdump {
 const char* cpu_stats_path();  // stats_cpu.cpp
 }
@@ -20,11 +20,11 @@ PyMethodDef module_methods[] = {
 
 extern "C" {
 // `import accdump._C` loads this library so that the registrations below run; the module
-// itself holds StepCapture, the recorder's native hot path.
+// itself holds the recorder's native hot path: StepCapture, CallSite and CallFrame.
 PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, module_methods};
   PyObject* module = PyModule_Create(&module_def);
-  if (module != nullptr && accdump_add_capture_type(module) < 0) {
+  if (module != nullptr && (accdump_add_capture_type(module) < 0 || accdump_add_call_types(module) < 0)) {
     Py_DECREF(module);
     return nullptr;
   }

@@ -111,6 +111,16 @@ def _native_capture(mode: str, level: str) -> Any:
     return _C.StepCapture(NATIVE_DTYPES, defer=defer)
 
 
+def _native_call_types() -> tuple[Any, Any] | None:
+    """accdump._C's (CallSite, CallFrame): module calls entered and left in C (any mode and
+    level), when the extension is built and ACCDUMP_CAPTURE is not "python"."""
+    if os.environ.get("ACCDUMP_CAPTURE", "native") == "python" or not ops.native_available("cpu"):
+        return None
+    from accdump import _C
+
+    return _C.CallSite, _C.CallFrame
+
+
 def _segment_sink(writer: SegmentWriter) -> SegmentProcess | LocalSegments:
     """Where segments are written: a child process (HDF5 work then holds no lock of this
     interpreter's), unless ACCDUMP_WRITER=thread."""
@@ -191,6 +201,8 @@ class Recorder:
         self._error_reported = False
         self._roots_seen = 0
         self._native: Any = None  # accdump._C.StepCapture, when the native hot path applies
+        self._call_site: Any = None  # accdump._C.CallSite, when module calls are entered in C
+        self._frame: Any = _Frame  # the type of the stack's frames (accdump._C.CallFrame with CallSite)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -199,6 +211,7 @@ class Recorder:
         if not self.filters.wants_rank(self.rank):
             return self  # this rank is filtered out: record nothing
         native = _native_capture(self.mode, self.level)  # may raise: before anything starts
+        call_types = _native_call_types()
         with _active_lock:
             if _active is not None:
                 raise AccdumpError(
@@ -209,6 +222,7 @@ class Recorder:
             self._writer = WriterThread(_segment_sink(writer), max_pending_steps=2 if self.strict else 32)
             _active = self
         self._native = native
+        self._call_site, self._frame = call_types or (None, _Frame)
         self.enabled = True
         if self.model is not None:
             if type(self.model).__name__ == "OptimizedModule":
@@ -619,17 +633,22 @@ class Recorder:
         """enter / leave for a wrapped module's calls: the common call (a module inside the
         root, in an open step) is handled inline; the rest goes to _enter / _leave. Everything
         they read that is fixed for the recording is bound here, once per module."""
-        rec, stack = self, self._stack
+        rec, stack, new_frame = self, self._stack, self._frame
         inputs, outputs = wanted and self._want_inputs, wanted and self._want_outputs
         slow_enter = functools.partial(self._enter, name, kind, wanted)
         slow_leave = functools.partial(self._leave, name, kind, wanted)
+        if self._call_site is not None:  # the same, in C
+            site = self._call_site(
+                self, stack, name, kind, inputs, outputs, _INPUT, _OUTPUT, slow_enter, slow_leave
+            )
+            return site.enter, site.leave
 
         def enter(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             buf = rec._buf
             if buf is None or not stack or not rec.enabled:
                 return slow_enter(module, args, kwargs)
             call = buf.calls.get(name, 0)  # the call index is taken when leaving
-            stack.append(_Frame(name, call))
+            stack.append(new_frame(name, call))
             if inputs:
                 native = buf.native
                 if args and (native is None or native.capture(args, name, call, _INPUT, kind) < 0):
@@ -710,11 +729,11 @@ class Recorder:
         if buf is None:
             buf = self._open_step()
             if buf is None:
-                self._stack.append(_Frame(name, 0))
+                self._stack.append(self._frame(name, 0))
                 return
         stack = self._stack
         call = buf.calls.get(name, 0)  # the call index is taken by the post-hook
-        stack.append(_Frame(name, call))
+        stack.append(self._frame(name, call))
         if len(stack) == 1:
             self._capture_tokens(buf, name, args, kwargs)
         if wanted and self._want_inputs:
