@@ -15,9 +15,9 @@ which other tenants of a shared host do not change) and charges each difference 
   writer thread   "writer" with the HDF5 file written in the writer thread (ACCDUMP_WRITER=thread),
                   charged against "capture"
 and with --capture-parts, "capture" split in two:
-  capture: calls  the recorder's per-call Python (entering and leaving every module, the steps)
-                  with the native capture finding nothing, charged against "wrappers"; "capture"
-                  minus this is the native capture itself
+  capture: calls  entering and leaving every module call and the steps, with a stand-in for the
+                  native capture that finds nothing (a Python method: this overstates the calls
+                  by its cost), charged against "wrappers"
   capture: no deferral  "capture" with every statistics launched at capture (ACCDUMP_DEFER=none),
                   charged against "capture"
 and also the host cost of one statistics op call through torch.ops on a small tensor.
