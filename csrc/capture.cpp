@@ -93,7 +93,7 @@ struct Pending {
   const void* data;
   int64_t numel;
   int64_t row;  // in the device's last chunk
-  std::string key;
+  std::string key;  // record_key(), or empty until a flush finds the record late
   Ref name, arg;
   int64_t role;
 };
@@ -215,6 +215,8 @@ int64_t version_of(const at::Tensor& t) {
   return t.is_inference() ? -1 : static_cast<int64_t>(t.unsafeGetTensorImpl()->version_counter().current_version());
 }
 
+std::optional<std::string> record_key(PyObject* name, int64_t role, PyObject* arg);
+
 // Measures a device's pending tensors (one call for all, on their stream) and checks each
 // one's version: a tensor written in place since its capture is measured at capture from now
 // on, and its record is reported late (not measured at all if its data moved: its old storage
@@ -225,12 +227,16 @@ void flush(State& s, DeviceRows& rows) {
   std::vector<Pending> batch;
   batch.swap(rows.pending);
   rows.pending_bytes = 0;
+  rows.pending.reserve(kPendingMax);
   std::vector<at::Tensor> xs;
   std::vector<int64_t> out_rows;
+  xs.reserve(batch.size());
+  out_rows.reserve(batch.size());
   for (Pending& p : batch) {
     const at::Tensor& t = p.tensor;
     const bool moved = t.const_data_ptr() != p.data || t.numel() != p.numel;
     if (moved || version_of(t) != p.version) {
+      if (p.key.empty()) p.key = record_key(p.name.p, p.role, p.arg.p).value_or(std::string());
       if (s.late_keys.insert(p.key).second) s.late.push_back(Late{std::move(p.name), std::move(p.arg), p.role});
       s.measure_at_capture.insert(std::move(p.key));
     }
@@ -288,6 +294,15 @@ std::optional<std::string> record_key(PyObject* name, int64_t role, PyObject* ar
   key.append(std::to_string(role)).push_back(':');
   key.append(arg_utf8, static_cast<size_t>(a));
   return key;
+}
+
+// Whether record_key() can build the record's key (name and arg are str with a UTF-8 form, which
+// Python keeps once made: cheap after the first call).
+bool has_key(PyObject* name, PyObject* arg) {
+  if (!PyUnicode_Check(name) || !PyUnicode_Check(arg)) return false;
+  if (PyUnicode_AsUTF8AndSize(name, nullptr) != nullptr && PyUnicode_AsUTF8AndSize(arg, nullptr) != nullptr) return true;
+  PyErr_Clear();
+  return false;
 }
 
 bool is_leaf(PyObject* v) {
@@ -396,12 +411,15 @@ const Seen& measure(State& s, const at::Tensor& t, PyObject* name, int64_t role,
   DeviceRows& rows = s.devices[device];
   // what waiting would keep alive: the whole storage (a slice of a large tensor is not deferred)
   const int64_t storage_bytes = static_cast<int64_t>(t.storage().nbytes());
-  std::optional<std::string> key;
-  if (rows.defer && version >= 0 && storage_bytes <= kDeferMaxBytes && rows.stats_multi_into != nullptr) {
+  bool deferrable = rows.defer && version >= 0 && storage_bytes <= kDeferMaxBytes && rows.stats_multi_into != nullptr;
+  std::optional<std::string> key;  // built only when needed: to watch (first step) or to look up
+  if (deferrable && (!s.watched_a_step || !s.measure_at_capture.empty())) {
     key = record_key(name, role, arg);
-    if (key && s.measure_at_capture.count(*key) != 0) key.reset();
+    deferrable = key && s.measure_at_capture.count(*key) == 0;
+  } else if (deferrable) {
+    deferrable = has_key(name, arg);  // a late record's key is built at the flush that finds it
   }
-  const bool defer_now = key && s.watched_a_step;
+  const bool defer_now = deferrable && s.watched_a_step;
   if (defer_now && !dev.is_cpu()) {
     const c10::Stream stream = c10::impl::getDeviceGuardImpl(dev.type())->getStream(dev);
     if (rows.pending_stream != stream) {
@@ -418,14 +436,17 @@ const Seen& measure(State& s, const at::Tensor& t, PyObject* name, int64_t role,
   const int64_t row = rows.next_row++;
   if (defer_now) {
     rows.pending.push_back(
-        Pending{t, version, t.const_data_ptr(), t.numel(), row, std::move(*key), Ref(name), Ref(arg), role});
+        Pending{t, version, t.const_data_ptr(), t.numel(), row, key ? std::move(*key) : std::string(), Ref(name),
+                Ref(arg), role});
     rows.pending_bytes += storage_bytes;
     if (rows.pending.size() >= kPendingMax || rows.pending_bytes >= kPendingMaxBytes) flush(s, rows);
   } else {
     const PartTimer call(s, kStatsCall);
     rows.stats_into(t, rows.chunks.back(), row);
     ++s.stats_calls;
-    if (key) s.watched.push_back(Watched{impl->version_counter(), static_cast<uint32_t>(version), std::move(*key)});
+    if (deferrable && key) {  // the first step: watched until its end
+      s.watched.push_back(Watched{impl->version_counter(), static_cast<uint32_t>(version), std::move(*key)});
+    }
   }
   const int64_t index = static_cast<int64_t>(rows.chunks.size() - 1) * kChunkRows + row;
   Seen entry{c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>(t.getIntrusivePtr()), version,
