@@ -296,3 +296,35 @@ def test_a_collective_first_measures_what_waits(tmp_path: object, monkeypatch: p
         (after,) = [r for r in dump.records(step=step) if "all_reduce" in r.name and r.role == Role.OUTPUT]
         assert out.stats.mean == pytest.approx(want, rel=1e-12), step  # measured before the write
         assert after.stats.mean == pytest.approx(4 * want, rel=1e-12), step
+
+
+def test_timing_adds_up_each_part_and_is_off_by_default() -> None:
+    from accdump import _C
+
+    cap = _C.StepCapture(NATIVE_DTYPES, defer="all", timing=True)
+    _watched(cap, "cpu")
+    start = cap.timings
+    xs = _tensors("cpu", n=10)
+    cap.capture(tuple(xs[:6]), "a", 0, 0, "K")  # one capture call: 6 records, 6 measures
+    for i, x in enumerate(xs[6:]):
+        cap.capture(x, "b", i, 1, "K")
+    cap.capture(xs[0], "c", 0, 1, "K")  # measured already: a measure that launches nothing
+    cap.finish()
+    end = cap.timings
+    calls = {part: end[part][0] - start[part][0] for part in end}
+    assert calls == {
+        "capture": 6,
+        "walk": 6,
+        "measure": 11,
+        "flush": 1,  # at the end of the step
+        "stats_call": 1,  # one call for the 10 deferred tensors
+        "record_stream": 0,  # the CPU has no streams
+        "new_chunk": 1,
+        "finish": 1,
+    }
+    assert all(end[p][1] >= start[p][1] for p in end) and end["measure"][1] > start["measure"][1]
+    assert end["capture"][1] >= end["measure"][1] - start["measure"][1]  # parts nest
+    untimed = _capture("all")
+    untimed.capture(xs[0], "a", 0, 0, "K")
+    untimed.finish()
+    assert all(v == (0, 0.0) for v in untimed.timings.values())
