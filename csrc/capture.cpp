@@ -865,11 +865,5 @@ int64_t accdump_step_capture(PyObject* step_capture, PyObject* value, PyObject* 
 }
 
 int accdump_add_capture_type(PyObject* module) {
-  if (PyType_Ready(&accdump::StepCaptureType) < 0) return -1;
-  Py_INCREF(&accdump::StepCaptureType);
-  if (PyModule_AddObject(module, "StepCapture", reinterpret_cast<PyObject*>(&accdump::StepCaptureType)) < 0) {
-    Py_DECREF(&accdump::StepCaptureType);
-    return -1;
-  }
-  return 0;
+  return accdump_add_type(module, &accdump::StepCaptureType, "StepCapture");
 }

@@ -13,6 +13,10 @@ bool accdump_is_step_capture(PyObject* obj);
 int64_t accdump_step_capture(PyObject* step_capture, PyObject* value, PyObject* name, int64_t call, int64_t role,
                              PyObject* kind);
 
+// Readies `type` and adds it to the extension module as `name`; -1 with a Python error on failure
+// (module_calls.cpp).
+int accdump_add_type(PyObject* module, PyTypeObject* type, const char* name);
+
 // Adds StepCapture to the extension module; -1 with a Python error on failure.
 int accdump_add_capture_type(PyObject* module);
 

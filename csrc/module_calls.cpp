@@ -336,7 +336,10 @@ PyTypeObject CallSiteType = [] {
   return t;
 }();
 
-int add_type(PyObject* module, PyTypeObject* type, const char* name) {
+}  // namespace
+}  // namespace accdump
+
+int accdump_add_type(PyObject* module, PyTypeObject* type, const char* name) {
   if (PyType_Ready(type) < 0) return -1;
   Py_INCREF(type);
   if (PyModule_AddObject(module, name, reinterpret_cast<PyObject*>(type)) < 0) {
@@ -345,9 +348,6 @@ int add_type(PyObject* module, PyTypeObject* type, const char* name) {
   }
   return 0;
 }
-
-}  // namespace
-}  // namespace accdump
 
 int accdump_add_call_types(PyObject* module) {
   using namespace accdump;
@@ -359,6 +359,6 @@ int accdump_add_call_types(PyObject* module) {
   }
   if (s_zero == nullptr && (s_zero = PyLong_FromLong(0)) == nullptr) return -1;
   if (s_one == nullptr && (s_one = PyLong_FromLong(1)) == nullptr) return -1;
-  if (add_type(module, &CallFrameType, "CallFrame") < 0) return -1;
-  return add_type(module, &CallSiteType, "CallSite");
+  if (accdump_add_type(module, &CallFrameType, "CallFrame") < 0) return -1;
+  return accdump_add_type(module, &CallSiteType, "CallSite");
 }
